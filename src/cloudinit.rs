@@ -1,0 +1,1 @@
+//! The #cloud-config document built from the appliance's file set.

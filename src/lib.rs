@@ -1,0 +1,16 @@
+//! regimage: a private container registry appliance from one site config.
+//!
+//! Data flows one way: config -> the appliance's files and steps -> an output
+//! (a directory tree, a cloud-config, or a live host at first boot).
+
+pub mod build;
+pub mod bundle;
+pub mod cli;
+pub mod cloudinit;
+pub mod config;
+pub mod firstboot;
+pub mod fsutil;
+pub mod init;
+pub mod logging;
+pub mod pki;
+pub mod render;

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(regimage::cli::main_exit_code(std::env::args_os()));
+}
