@@ -44,6 +44,8 @@ pub enum Command {
     Render(RenderArgs),
     /// Build a cloud-init user-data file (or a qcow2 image).
     Build(crate::build::BuildArgs),
+    /// Save the pinned registry image as an OCI archive (for build --format qcow2).
+    FetchImage(crate::fetch_image::FetchImageArgs),
     /// Make the machine a ready registry (run by regimage-firstboot.service).
     Firstboot(crate::firstboot::FirstbootArgs),
 }
@@ -141,6 +143,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Build(args) => crate::build::run(args),
+        Command::FetchImage(args) => crate::fetch_image::run(args),
         Command::Firstboot(args) => crate::firstboot::run(args),
     }
 }

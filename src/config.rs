@@ -31,7 +31,9 @@ pub struct ConfigError {
 pub enum KeyAlgorithm {
     EcdsaP256,
     EcdsaP384,
+    #[serde(rename = "rsa-2048")]
     Rsa2048,
+    #[serde(rename = "rsa-4096")]
     Rsa4096,
 }
 
@@ -279,6 +281,12 @@ impl Config {
         };
         if let Some(hostname) = &self.hostname {
             check_dns_name(hostname).map_err(|m| error("hostname", m))?;
+            if hostname.starts_with("*.") {
+                return Err(error(
+                    "hostname",
+                    format!("{hostname:?} is a wildcard; clients need one real name (put wildcards in extra-names)"),
+                ));
+            }
         }
         for (i, name) in self.extra_names.iter().enumerate() {
             if name.parse::<IpAddr>().is_err() {
@@ -358,6 +366,12 @@ impl Config {
         }
         for (i, client) in self.clients.iter().enumerate() {
             check_client_name(client).map_err(|m| error(&format!("clients[{i}]"), m))?;
+            if client == "ca" || client == "client-ca" {
+                return Err(error(
+                    &format!("clients[{i}]"),
+                    format!("{client:?} is reserved: the CA files use that name; pick another client name"),
+                ));
+            }
             if self.clients[..i].contains(client) {
                 return Err(error(
                     &format!("clients[{i}]"),
@@ -783,6 +797,12 @@ mod tests {
         );
         assert_eq!(err("- a\n- b\n").key, "(document)");
         assert_eq!(err("hostname: bad_host\n").key, "hostname");
+        assert_eq!(err("hostname: '*.example.com'\n").key, "hostname");
+        assert_eq!(err("clients: [ci, ca]\n").key, "clients[1]");
+        for alg in ["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-4096"] {
+            let c = Config::parse(&format!("pki:\n  key-algorithm: {alg}\n"), "t").unwrap();
+            assert_eq!(c.pki.key_algorithm.as_str(), alg);
+        }
         let e = err("registry:\n  image: registry:2\n");
         assert!(e.to_string().starts_with("t.yaml: registry.image: "), "{e}");
     }

@@ -1,11 +1,22 @@
 //! The appliance's file set: templates rendered from the config into files with their
 //! target path, mode and owner, and writing that set under a root with a manifest.
+//!
+//! [`appliance_files`] is pure (config in, files out); [`write_tree`] does the I/O. The
+//! cloud-init and image builders take the same [`FileEntry`] list, so what `render`
+//! writes is exactly what lands on the machine.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::fsutil;
 
 /// One file as it will stand on the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,14 +34,574 @@ pub struct FileEntry {
 /// Path of the manifest, itself not listed in it.
 pub const MANIFEST_PATH: &str = "/usr/share/regimage/manifest.json";
 
+/// The installed copy of the site config; first boot reads it.
+pub const INSTALLED_CONFIG_PATH: &str = "/etc/regimage/regimage.yaml";
+/// nginx's config for the TLS proxy.
+pub const NGINX_CONF_PATH: &str = "/etc/registry/nginx.conf";
+/// The registry's user unit (every user manager reads it; ConditionUser picks one).
+pub const REGISTRY_UNIT_PATH: &str = "/etc/systemd/user/registry.service";
+/// The proxy's system unit.
+pub const PROXY_UNIT_PATH: &str = "/etc/systemd/system/registry-proxy.service";
+/// The first-boot oneshot.
+pub const FIRSTBOOT_UNIT_PATH: &str = "/etc/systemd/system/regimage-firstboot.service";
+/// containers/image signature policy.
+pub const POLICY_PATH: &str = "/etc/containers/policy.json";
+/// REGISTRY_HTTP_SECRET for the container; made at first boot, not rendered.
+pub const REGISTRY_ENV_PATH: &str = "/etc/registry/registry.env";
+/// First boot's marker; while it is missing, regimage-firstboot.service runs at boot.
+pub const FIRSTBOOT_DONE_PATH: &str = "/var/lib/regimage/firstboot.done";
+/// Rootless Podman state of the service user (root/, tmp/, xdg-data/, xdg-config/).
+pub const PODMAN_STATE_DIR: &str = "/var/lib/registry-podman";
+/// The tag first boot gives the verified pinned image; the unit runs only this.
+pub const REGISTRY_IMAGE_TAG: &str = "localhost/regimage/registry:pinned";
+/// The registry's port inside the container.
+pub const REGISTRY_CONTAINER_PORT: u16 = 5000;
+/// Where the registry stores blobs inside the container.
+pub const REGISTRY_CONTAINER_STORAGE: &str = "/var/lib/registry";
+/// nginx's RuntimeDirectory (pid file, temp paths).
+pub const PROXY_RUN_DIR: &str = "/run/registry-proxy";
+/// nginx's LogsDirectory.
+pub const PROXY_LOG_DIR: &str = "/var/log/registry-proxy";
+/// Server certificate (leaf only), server key and client CA, as the PKI lays them out.
+pub const SERVER_CERT_PATH: &str = "/etc/registry/certs/registry.crt";
+pub const SERVER_KEY_PATH: &str = "/etc/registry/certs/private/registry.key";
+pub const CLIENT_CA_PATH: &str = "/etc/registry/certs/clients/ca.crt";
+
+const NGINX_TEMPLATE: &str = include_str!("../templates/nginx.conf");
+const POLICY_TEMPLATE: &str = include_str!("../templates/containers-policy.json");
+const REGISTRY_UNIT_TEMPLATE: &str = include_str!("../units/registry.service");
+const PROXY_UNIT_TEMPLATE: &str = include_str!("../units/registry-proxy.service");
+const FIRSTBOOT_UNIT_TEMPLATE: &str = include_str!("../units/regimage-firstboot.service");
+
+/// The registry's environment, the same for the container and for a direct run of the
+/// registry binary (tests): listen on all addresses inside the container (`127.0.0.1`
+/// there would make the published port reset connections), relative upload URLs (so the
+/// proxy's port survives), delete off, tracing off. REGISTRY_HTTP_SECRET is not here:
+/// it is host-unique and comes from [`REGISTRY_ENV_PATH`]. REGISTRY_HTTP_HOST is never
+/// set (it would pin upload URLs to one host and port), and no debug port is configured.
+pub fn registry_environment(_config: &Config) -> Vec<(String, String)> {
+    [
+        ("REGISTRY_HTTP_ADDR", format!(":{REGISTRY_CONTAINER_PORT}")),
+        ("REGISTRY_HTTP_RELATIVEURLS", "true".into()),
+        ("REGISTRY_STORAGE_DELETE_ENABLED", "false".into()),
+        (
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+            REGISTRY_CONTAINER_STORAGE.into(),
+        ),
+        ("OTEL_TRACES_EXPORTER", "none".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Podman's global options for the service user. Every podman call for that user (the
+/// unit, and first boot's `podman load`/`tag`) must pass exactly these: Podman refuses a
+/// database whose graph root, run root or tmp dir differ from the ones it was made with.
+/// `runtime_dir` is the user's XDG_RUNTIME_DIR (`/run/user/UID`; `%t` in the unit).
+/// `--tmpdir` is libpod's reboot-detection state and must be on a tmpfs, so it is under
+/// the runtime dir; big temporary files go to TMPDIR (see [`podman_environment`]).
+pub fn podman_global_args(runtime_dir: &str) -> Vec<String> {
+    vec![
+        format!("--root={PODMAN_STATE_DIR}/root"),
+        format!("--runroot={runtime_dir}/podman-run"),
+        format!("--tmpdir={runtime_dir}/podman-tmp"),
+        "--events-backend=file".to_string(),
+    ]
+}
+
+/// Environment for every podman call of the service user: config and data outside
+/// $HOME, and image temporary files (`podman load`) outside /var/tmp.
+pub fn podman_environment() -> Vec<(String, String)> {
+    [
+        ("XDG_DATA_HOME", "xdg-data"),
+        ("XDG_CONFIG_HOME", "xdg-config"),
+        ("TMPDIR", "tmp"),
+    ]
+    .into_iter()
+    .map(|(k, sub)| (k.to_string(), format!("{PODMAN_STATE_DIR}/{sub}")))
+    .collect()
+}
+
 /// Renders every file the appliance needs from `config`. Pure: no I/O.
 pub fn appliance_files(config: &Config) -> Result<Vec<FileEntry>> {
-    let _ = config;
-    anyhow::bail!("render: not implemented yet")
+    let tera = templates()?;
+    let image = config.image_ref()?;
+    let mut files = vec![
+        root_file(INSTALLED_CONFIG_PATH, installed_config(config)?),
+        root_file(
+            NGINX_CONF_PATH,
+            render(&tera, "nginx.conf", &nginx_context(config))?,
+        ),
+        root_file(
+            REGISTRY_UNIT_PATH,
+            render(&tera, "registry.service", &registry_unit_context(config))?,
+        ),
+        root_file(
+            PROXY_UNIT_PATH,
+            render(&tera, "registry-proxy.service", &proxy_unit_context(config))?,
+        ),
+        root_file(
+            FIRSTBOOT_UNIT_PATH,
+            render(
+                &tera,
+                "regimage-firstboot.service",
+                &firstboot_unit_context(config),
+            )?,
+        ),
+        root_file(POLICY_PATH, render_policy(&tera, &image.name)?),
+    ];
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// One manifest line: what a file on the machine should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub path: String,
+    /// Octal permission bits as text, e.g. `"0644"`.
+    pub mode: String,
+    pub owner: String,
+    pub group: String,
+    /// Hex SHA-256 of the contents.
+    pub sha256: String,
+}
+
+/// The manifest document at [`MANIFEST_PATH`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Sorted by path; the manifest itself is not listed.
+    pub files: Vec<ManifestEntry>,
+}
+
+/// The manifest of `files` as a file of its own (0644 root:root at [`MANIFEST_PATH`]).
+/// Refuses relative paths, paths with `..`, duplicates, and the manifest path itself.
+pub fn manifest_file(files: &[FileEntry]) -> Result<FileEntry> {
+    let mut seen = BTreeSet::new();
+    let mut entries = Vec::with_capacity(files.len());
+    for file in files {
+        check_target_path(&file.path)?;
+        let path = file.path.to_str().with_context(|| {
+            format!("listing {} in the manifest: not UTF-8", file.path.display())
+        })?;
+        if path == MANIFEST_PATH {
+            anyhow::bail!("{path} is the manifest's own path; it cannot be in the file set");
+        }
+        if !seen.insert(path.to_string()) {
+            anyhow::bail!("{path} is in the file set twice");
+        }
+        entries.push(ManifestEntry {
+            path: path.to_string(),
+            mode: format!("{:04o}", file.mode),
+            owner: file.owner.clone(),
+            group: file.group.clone(),
+            sha256: hex::encode(Sha256::digest(&file.contents)),
+        });
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut json =
+        serde_json::to_vec_pretty(&Manifest { files: entries }).context("encoding the manifest")?;
+    json.push(b'\n');
+    Ok(root_file(MANIFEST_PATH, json))
 }
 
 /// Writes `files` under `root` (which stands for `/`) and the manifest at MANIFEST_PATH.
+///
+/// Each file is written atomically with its mode; owners are only recorded in the
+/// manifest (a build runs unprivileged, and on the machine everything here is root's).
+/// Missing directories are created 0755; existing ones are left as they are.
 pub fn write_tree(root: &Path, files: &[FileEntry]) -> Result<()> {
-    let _ = (root, files);
-    anyhow::bail!("render: not implemented yet")
+    match fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => anyhow::bail!("{} exists and is not a directory", root.display()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            create_missing_dirs(root)?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", root.display())),
+    }
+    let manifest = manifest_file(files)?;
+    for file in files.iter().chain(std::iter::once(&manifest)) {
+        let target = fsutil::under_root(root, &file.path);
+        if let Some(parent) = target.parent() {
+            create_missing_dirs(parent)?;
+        }
+        fsutil::write_atomic(&target, &file.contents, file.mode)?;
+    }
+    Ok(())
+}
+
+// Why this policy: podman and skopeo check the *source* of every copy against it. First
+// boot loads the registry image from a local archive (oci-archive or docker-archive) and
+// then verifies the image ID against the pinned digest itself, so archives are accepted
+// as they are; a registry pull is allowed only for the configured image's repository
+// (the user-data flavour may fetch it by digest), and everything else is rejected. Running
+// `localhost/regimage/registry:pinned` with --pull=never copies nothing, so no policy
+// applies to it. There is no signature to check: the pin is the digest.
+fn render_policy(tera: &tera::Tera, repository: &str) -> Result<Vec<u8>> {
+    let mut ctx = tera::Context::new();
+    ctx.insert(
+        "image_repository",
+        &serde_json::to_string(repository).context("encoding the image repository")?,
+    );
+    let text = render(tera, "containers-policy.json", &ctx)?;
+    // A template slip here would lock podman out entirely; parse before shipping it.
+    serde_json::from_slice::<serde_json::Value>(&text)
+        .context("checking the rendered containers policy is valid JSON")?;
+    Ok(text)
+}
+
+fn installed_config(config: &Config) -> Result<Vec<u8>> {
+    let yaml = config.to_yaml().context("encoding the site config")?;
+    Ok(format!(
+        "# regimage site config, installed by `regimage render`; `regimage firstboot -c {INSTALLED_CONFIG_PATH}` reads it.\n{yaml}"
+    )
+    .into_bytes())
+}
+
+fn templates() -> Result<tera::Tera> {
+    let mut tera = tera::Tera::default();
+    // Nothing here is HTML; escaping would corrupt nginx and unit syntax.
+    tera.autoescape_on(vec![]);
+    tera.add_raw_templates(vec![
+        ("nginx.conf", NGINX_TEMPLATE),
+        ("containers-policy.json", POLICY_TEMPLATE),
+        ("registry.service", REGISTRY_UNIT_TEMPLATE),
+        ("registry-proxy.service", PROXY_UNIT_TEMPLATE),
+        ("regimage-firstboot.service", FIRSTBOOT_UNIT_TEMPLATE),
+    ])
+    .context("parsing the built-in templates")?;
+    Ok(tera)
+}
+
+fn render(tera: &tera::Tera, name: &str, ctx: &tera::Context) -> Result<Vec<u8>> {
+    tera.render(name, ctx)
+        .map(String::into_bytes)
+        .map_err(|e| anyhow::anyhow!("{}", tera_error_chain(&e)))
+        .with_context(|| format!("rendering template {name}"))
+}
+
+/// tera hides the useful part of its errors in `source()`.
+fn tera_error_chain(e: &tera::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn root_file(path: &str, contents: Vec<u8>) -> FileEntry {
+    FileEntry {
+        path: PathBuf::from(path),
+        mode: 0o644,
+        owner: "root".into(),
+        group: "root".into(),
+        contents,
+    }
+}
+
+#[derive(Serialize)]
+struct ServerBlock {
+    title: String,
+    port: u16,
+    mtls: bool,
+    zone: &'static str,
+    burst: u32,
+    denied_message: String,
+}
+
+fn nginx_context(config: &Config) -> tera::Context {
+    let ports = &config.ports;
+    let proxy = &config.proxy;
+    let servers = vec![
+        ServerBlock {
+            title: format!("Port {}: anonymous pulls, GET and HEAD only.", ports.pull),
+            port: ports.pull,
+            mtls: false,
+            zone: "regimage_pull",
+            burst: proxy.pull_burst,
+            denied_message: format!(
+                "this port serves pulls only (GET and HEAD); push to port {} with a client certificate",
+                ports.push
+            ),
+        },
+        ServerBlock {
+            title: format!(
+                "Port {}: pushes (and pulls) with a client certificate (mTLS).",
+                ports.push
+            ),
+            port: ports.push,
+            mtls: true,
+            zone: "regimage_push",
+            burst: proxy.push_burst,
+            denied_message: "access denied".into(),
+        },
+    ];
+    let mut ctx = tera::Context::new();
+    ctx.insert("pull_port", &ports.pull);
+    ctx.insert("push_port", &ports.push);
+    ctx.insert("registry_port", &ports.registry);
+    ctx.insert("proxy_user", &config.proxy_user);
+    ctx.insert("pull_rate", &proxy.pull_rate);
+    ctx.insert("push_rate", &proxy.push_rate);
+    ctx.insert("max_body_size", &proxy.max_body_size);
+    ctx.insert("run_dir", PROXY_RUN_DIR);
+    ctx.insert("log_dir", PROXY_LOG_DIR);
+    ctx.insert("server_cert", SERVER_CERT_PATH);
+    ctx.insert("server_key", SERVER_KEY_PATH);
+    ctx.insert("client_ca", CLIENT_CA_PATH);
+    ctx.insert("servers", &servers);
+    ctx
+}
+
+fn registry_unit_context(config: &Config) -> tera::Context {
+    let mut ctx = tera::Context::new();
+    ctx.insert("service_user", &config.service_user);
+    ctx.insert("registry_port", &config.ports.registry);
+    ctx.insert("container_port", &REGISTRY_CONTAINER_PORT);
+    ctx.insert("podman_state_dir", PODMAN_STATE_DIR);
+    ctx.insert("podman_global", &podman_global_args("%t").join(" "));
+    ctx.insert("podman_env", &podman_environment());
+    ctx.insert("registry_env", &registry_environment(config));
+    ctx.insert("registry_env_file", REGISTRY_ENV_PATH);
+    ctx.insert("storage_dir", &config.registry.storage_dir);
+    ctx.insert("image", REGISTRY_IMAGE_TAG);
+    ctx.insert("memory_max", &config.registry.memory_max);
+    ctx.insert("cpu_quota", &config.registry.cpu_quota);
+    ctx
+}
+
+fn proxy_unit_context(config: &Config) -> tera::Context {
+    let mut ctx = tera::Context::new();
+    ctx.insert("pull_port", &config.ports.pull);
+    ctx.insert("push_port", &config.ports.push);
+    ctx.insert("registry_port", &config.ports.registry);
+    ctx.insert("proxy_user", &config.proxy_user);
+    // The proxy user's own group (made with it); it also owns registry.key's group.
+    ctx.insert("proxy_group", &config.proxy_user);
+    ctx.insert("nginx_conf", NGINX_CONF_PATH);
+    ctx.insert("log_dir", PROXY_LOG_DIR);
+    ctx
+}
+
+fn firstboot_unit_context(config: &Config) -> tera::Context {
+    let mut ctx = tera::Context::new();
+    ctx.insert("installed_config", INSTALLED_CONFIG_PATH);
+    ctx.insert("done_file", FIRSTBOOT_DONE_PATH);
+    ctx.insert("output_dir", &config.output_dir);
+    ctx
+}
+
+/// Target paths must be absolute and plain, so `under_root` cannot leave the root.
+fn check_target_path(path: &Path) -> Result<()> {
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if plain {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} is not a plain absolute path (no `.` or `..` components)",
+            path.display()
+        )
+    }
+}
+
+/// Creates `dir` and its missing ancestors with exactly 0755 (not narrowed by the umask);
+/// existing directories keep their mode.
+fn create_missing_dirs(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut current = Some(dir);
+    while let Some(d) = current {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d);
+        current = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(0o755).create(d) {
+            Ok(()) => fs::set_permissions(d, fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("setting mode 755 on {}", d.display()))?,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(e).with_context(|| format!("creating directory {}", d.display())),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(files: &[FileEntry], path: &str) -> String {
+        let file = files
+            .iter()
+            .find(|f| f.path == Path::new(path))
+            .unwrap_or_else(|| panic!("{path} not rendered"));
+        String::from_utf8(file.contents.clone()).unwrap()
+    }
+
+    /// The text without comment lines, so assertions look at directives only.
+    fn directives(text: &str) -> String {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    fn custom() -> Config {
+        Config::parse(
+            "service-user: ci-reg\nproxy-user: web-proxy\nports: {pull: 8443, push: 9443, registry: 5123}\n\
+             registry: {storage-dir: /srv/images, memory-max: 2G, cpu-quota: 150%, \
+             image: 'quay.io/acme/registry@sha256:1111111111111111111111111111111111111111111111111111111111111111'}\n\
+             proxy: {pull-rate: 7, pull-burst: 13, push-rate: 3, push-burst: 4, max-body-size: 512m}\n",
+            "custom",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn file_set_is_complete_sorted_and_root_owned() {
+        let files = appliance_files(&Config::default()).unwrap();
+        let paths: Vec<_> = files.iter().map(|f| f.path.to_str().unwrap()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort();
+        assert_eq!(paths, sorted);
+        for want in [
+            INSTALLED_CONFIG_PATH,
+            NGINX_CONF_PATH,
+            REGISTRY_UNIT_PATH,
+            PROXY_UNIT_PATH,
+            FIRSTBOOT_UNIT_PATH,
+            POLICY_PATH,
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+        assert_eq!(files.len(), 6);
+        for f in &files {
+            assert_eq!(
+                (f.mode, f.owner.as_str(), f.group.as_str()),
+                (0o644, "root", "root")
+            );
+        }
+    }
+
+    #[test]
+    fn installed_config_reads_back_as_the_same_config() {
+        let config = custom();
+        let files = appliance_files(&config).unwrap();
+        let back = Config::parse(&text(&files, INSTALLED_CONFIG_PATH), "installed").unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn nginx_follows_the_config() {
+        let files = appliance_files(&custom()).unwrap();
+        let conf = directives(&text(&files, NGINX_CONF_PATH));
+        for want in [
+            "listen 8443 ssl;",
+            "listen [::]:8443 ssl;",
+            "listen 9443 ssl;",
+            "server 127.0.0.1:5123;",
+            "rate=7r/s",
+            "rate=3r/s",
+            "zone=regimage_pull burst=13 nodelay;",
+            "zone=regimage_push burst=4;",
+            "client_max_body_size 512m;",
+            "proxy_set_header Host $http_host;",
+            "push to port 9443",
+        ] {
+            assert!(conf.contains(want), "{want:?} missing:\n{conf}");
+        }
+        assert!(!conf.contains("$host;"), "{conf}");
+        assert!(!conf.contains("http2"), "{conf}");
+        assert!(!conf.contains("{{") && !conf.contains("{%"), "{conf}");
+        // mTLS only on the push server: exactly one verify line.
+        assert_eq!(conf.matches("ssl_verify_client on;").count(), 1);
+        assert_eq!(conf.matches("if ($regimage_write_method)").count(), 1);
+        let push_server = &conf[conf.find("listen 9443 ssl;").unwrap()..];
+        assert!(push_server.contains("ssl_verify_client on;"));
+        assert!(!push_server.contains("$regimage_write_method)"));
+    }
+
+    #[test]
+    fn registry_unit_follows_the_config() {
+        let files = appliance_files(&custom()).unwrap();
+        let unit = directives(&text(&files, REGISTRY_UNIT_PATH));
+        for want in [
+            "ConditionUser=ci-reg\n",
+            "--publish 127.0.0.1:5123:5000 \\\n",
+            "--volume /srv/images:/var/lib/registry:Z \\\n",
+            "MemoryMax=2G\n",
+            "CPUQuota=150%\n",
+            "--env REGISTRY_STORAGE_DELETE_ENABLED=false \\\n",
+            "--env REGISTRY_HTTP_SECRET \\\n",
+            "    localhost/regimage/registry:pinned\n",
+            "--root=/var/lib/registry-podman/root --runroot=%t/podman-run",
+        ] {
+            assert!(unit.contains(want), "{want:?} missing:\n{unit}");
+        }
+        assert!(!unit.contains("REGISTRY_HTTP_HOST"));
+        assert!(!unit.contains("network-online"));
+        // Every continued line is followed by another argument, the last one ends it.
+        let exec: Vec<&str> = unit
+            .lines()
+            .skip_while(|l| !l.starts_with("ExecStart="))
+            .take_while(|l| !l.starts_with("ExecStop="))
+            .collect();
+        assert!(
+            exec.last().unwrap().trim() == REGISTRY_IMAGE_TAG,
+            "{exec:?}"
+        );
+        assert!(
+            exec[..exec.len() - 1].iter().all(|l| l.ends_with(" \\")),
+            "{exec:?}"
+        );
+    }
+
+    #[test]
+    fn policy_allows_only_the_image_repository_and_archives() {
+        let files = appliance_files(&custom()).unwrap();
+        let policy: serde_json::Value = serde_json::from_str(&text(&files, POLICY_PATH)).unwrap();
+        assert_eq!(policy["default"][0]["type"], "reject");
+        let docker = policy["transports"]["docker"].as_object().unwrap();
+        assert_eq!(docker.keys().collect::<Vec<_>>(), ["quay.io/acme/registry"]);
+        for t in ["oci-archive", "docker-archive"] {
+            assert_eq!(
+                policy["transports"][t][""][0]["type"], "insecureAcceptAnything",
+                "{t}"
+            );
+        }
+        assert_eq!(policy["transports"].as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn manifest_refuses_bad_sets() {
+        let f = |p: &str| root_file(p, b"x".to_vec());
+        assert!(manifest_file(&[f("/etc/a"), f("/etc/a")]).is_err());
+        assert!(manifest_file(&[f("etc/a")]).is_err());
+        assert!(manifest_file(&[f("/etc/../a")]).is_err());
+        assert!(manifest_file(&[f(MANIFEST_PATH)]).is_err());
+        let m = manifest_file(&[f("/b"), f("/a")]).unwrap();
+        let doc: Manifest = serde_json::from_slice(&m.contents).unwrap();
+        assert_eq!(doc.files[0].path, "/a");
+        assert_eq!(doc.files[0].mode, "0644");
+        assert_eq!(
+            doc.files[0].sha256,
+            "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+        );
+    }
+
+    #[test]
+    fn write_tree_refuses_a_file_as_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        fs::write(&file, "x").unwrap();
+        let e = write_tree(&file, &[]).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e:#}");
+    }
 }

@@ -29,6 +29,8 @@ const BAD: &[(&str, &str, &str)] = &[
     ("pki:\n  ca-validity-days: -1\n", "pki.ca-validity-days", "invalid value"),
     ("clients: []\n", "clients", "at least one"),
     ("clients: [ci, ci]\n", "clients[1]", "unique"),
+    ("clients: [ca]\n", "clients[0]", "reserved"),
+    ("hostname: '*.example.com'\n", "hostname", "wildcard"),
     ("clients: ['../evil']\n", "clients[0]", "client name"),
     ("service-user: root\n", "service-user", "not root"),
     ("proxy-user: registry\n", "proxy-user", "different users"),
@@ -57,7 +59,12 @@ fn every_command_refuses_every_bad_config_and_writes_nothing() {
             vec!["check".into()],
             vec!["render".into(), "--root".into(), s(&root)],
             vec!["build".into(), "-o".into(), s(&out_file)],
-            vec!["firstboot".into(), "--no-system".into(), "--root".into(), s(&existing_root)],
+            vec![
+                "firstboot".into(),
+                "--no-system".into(),
+                "--root".into(),
+                s(&existing_root),
+            ],
         ];
         for args in commands {
             let out = output(regimage().args(&args).arg("-c").arg(&cfg));
@@ -65,15 +72,24 @@ fn every_command_refuses_every_bad_config_and_writes_nothing() {
             let what = format!("config {yaml:?}, command {args:?}: stderr {stderr}");
             assert_eq!(out.status.code(), Some(2), "{what}");
             let expected_prefix = format!("error: {}: {key}: ", s(&cfg));
-            assert!(stderr.starts_with(&expected_prefix), "{what}\nexpected prefix {expected_prefix}");
+            assert!(
+                stderr.starts_with(&expected_prefix),
+                "{what}\nexpected prefix {expected_prefix}"
+            );
             assert!(stderr.contains(hint), "{what}\nexpected hint {hint:?}");
-            assert_eq!(stderr.trim_end().lines().count(), 1, "one message only: {what}");
+            assert_eq!(
+                stderr.trim_end().lines().count(),
+                1,
+                "one message only: {what}"
+            );
             assert!(out.stdout.is_empty(), "{what}: stdout {:?}", out.stdout);
         }
         assert!(!root.exists(), "render wrote {}", root.display());
         assert!(!out_file.exists(), "build wrote {}", out_file.display());
         assert_eq!(
-            std::fs::read_dir(&existing_root).expect("listing root").count(),
+            std::fs::read_dir(&existing_root)
+                .expect("listing root")
+                .count(),
             0,
             "firstboot wrote under {}",
             existing_root.display()
@@ -86,7 +102,10 @@ fn missing_config_file_is_bad_input() {
     let out = output(regimage().args(["check", "-c", "/nonexistent/regimage.yaml"]));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("/nonexistent/regimage.yaml: (file): cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/regimage.yaml: (file): cannot read"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -104,7 +123,17 @@ fn check_accepts_defaults_and_init_output() {
     let dir = test_dir("regimage-init-");
     let cfg = dir.path().join("regimage.yaml");
     let out = output(regimage().args(["init", "-o"]).arg(&cfg));
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = output(regimage().args(["check", "-c"]).arg(&cfg));
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

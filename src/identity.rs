@@ -1,0 +1,329 @@
+//! The host's identity: its names and addresses, and the server certificate's subject
+//! alternative names made from them and the site config.
+//!
+//! Gathering ([`HostFacts::gather`]) only reads the system and never fails: a name that cannot
+//! be found is left out. Merging ([`server_sans`]) is pure, so it is tested with made-up facts.
+
+use std::ffi::{CStr, CString};
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::{check_dns_name, Config};
+
+/// What this machine says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostFacts {
+    /// The kernel host name (`uname -n`), lowercased; `None` when it is not a usable DNS name.
+    pub hostname: Option<String>,
+    /// The fully qualified name (`hostname -f`), when one with a domain part is known.
+    pub fqdn: Option<String>,
+    /// Interface addresses, without loopback, link-local, multicast and unspecified ones.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// The names the server certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sans {
+    /// The name clients use (the certificate's CN and the host in the bundles' certs.d
+    /// directories): the configured hostname, else the FQDN, else the host name.
+    pub primary_name: String,
+    /// DNS names, lowercase, without a trailing dot, deduplicated, primary name first.
+    pub dns_names: Vec<String>,
+    /// IP addresses (typed as IP SANs, never as DNS names), deduplicated.
+    pub ip_addresses: Vec<IpAddr>,
+}
+
+impl HostFacts {
+    /// Reads the host name, the FQDN (best effort) and the interface addresses.
+    pub fn gather() -> HostFacts {
+        let hostname = match nix::unistd::gethostname() {
+            Ok(name) => usable_name(&name.to_string_lossy()),
+            Err(e) => {
+                tracing::warn!("reading the host name: {e}");
+                None
+            }
+        };
+        let fqdn = hostname.as_deref().and_then(find_fqdn);
+        let addresses = match nix::ifaddrs::getifaddrs() {
+            Ok(ifaddrs) => {
+                let mut found = Vec::new();
+                for ifaddr in ifaddrs {
+                    let Some(address) = ifaddr.address else {
+                        continue;
+                    };
+                    let ip = if let Some(v4) = address.as_sockaddr_in() {
+                        IpAddr::V4(v4.ip())
+                    } else if let Some(v6) = address.as_sockaddr_in6() {
+                        IpAddr::V6(v6.ip())
+                    } else {
+                        continue;
+                    };
+                    if is_usable_address(&ip) && !found.contains(&ip) {
+                        found.push(ip);
+                    }
+                }
+                found
+            }
+            Err(e) => {
+                tracing::warn!("listing the interface addresses: {e}");
+                Vec::new()
+            }
+        };
+        let facts = HostFacts {
+            hostname,
+            fqdn,
+            addresses,
+        };
+        tracing::debug!(?facts, "host facts");
+        facts
+    }
+}
+
+/// Whether a client could reach this machine at `ip` (not loopback, link-local, multicast,
+/// or unspecified).
+pub fn is_usable_address(ip: &IpAddr) -> bool {
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+        return false;
+    }
+    match ip {
+        IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_broadcast(),
+        // An IPv4-mapped address is an IPv4 address seen through an IPv6 socket.
+        IpAddr::V6(v6) => !v6.is_unicast_link_local() && v6.to_ipv4_mapped().is_none(),
+    }
+}
+
+/// The FQDN for `hostname`: the name itself when it has a dot, else the canonical name of a
+/// line naming it in /etc/hosts, else the resolver's canonical name.
+fn find_fqdn(hostname: &str) -> Option<String> {
+    if hostname.contains('.') {
+        return Some(hostname.to_string());
+    }
+    let from_hosts = std::fs::read_to_string(Path::new("/etc/hosts"))
+        .ok()
+        .and_then(|text| fqdn_from_hosts(&text, hostname));
+    from_hosts.or_else(|| canonical_name(hostname))
+}
+
+/// Finds the first /etc/hosts line that lists `hostname` and returns that line's canonical
+/// (first) name when it is a longer dotted name: `127.0.1.1 reg.example.com reg`.
+pub fn fqdn_from_hosts(hosts: &str, hostname: &str) -> Option<String> {
+    for line in hosts.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        let mut fields = line.split_whitespace();
+        let (Some(_address), Some(canonical)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let canonical = canonical.to_ascii_lowercase();
+        let names_host = canonical == hostname
+            || canonical.split('.').next() == Some(hostname)
+            || fields.any(|alias| alias.eq_ignore_ascii_case(hostname));
+        if names_host {
+            if let Some(fqdn) = usable_name(&canonical).filter(|n| is_fqdn_of(n, hostname)) {
+                return Some(fqdn);
+            }
+        }
+    }
+    None
+}
+
+fn is_fqdn_of(name: &str, hostname: &str) -> bool {
+    name.contains('.') && !name.starts_with("localhost") && name.split('.').next() == Some(hostname)
+}
+
+/// The resolver's canonical name for `hostname` (getaddrinfo with AI_CANONNAME, what
+/// `hostname -f` does), when it is a dotted name for this host.
+fn canonical_name(hostname: &str) -> Option<String> {
+    use nix::libc;
+    let node = CString::new(hostname).ok()?;
+    // SAFETY: zeroed addrinfo is a valid "no hints" value; we set the two fields we need.
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_flags = libc::AI_CANONNAME;
+    hints.ai_family = libc::AF_UNSPEC;
+    let mut result: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: node and hints outlive the call; result is freed below with freeaddrinfo.
+    let rc = unsafe { libc::getaddrinfo(node.as_ptr(), std::ptr::null(), &hints, &mut result) };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: result is a valid list from getaddrinfo; ai_canonname is NUL-terminated or null.
+    let name = unsafe {
+        let canon = (*result).ai_canonname;
+        let name = (!canon.is_null()).then(|| CStr::from_ptr(canon).to_string_lossy().into_owned());
+        libc::freeaddrinfo(result);
+        name
+    };
+    name.and_then(|n| usable_name(&n))
+        .filter(|n| is_fqdn_of(n, hostname))
+}
+
+/// `name` lowercased and without a trailing dot, when it is a valid DNS name.
+fn usable_name(name: &str) -> Option<String> {
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    (!name.is_empty() && check_dns_name(&name).is_ok()).then_some(name)
+}
+
+/// Merges the configured hostname, the extra names and the host's own names and addresses
+/// into the server certificate's SANs. Names that parse as IP addresses become IP SANs.
+pub fn server_sans(config: &Config, facts: &HostFacts) -> Sans {
+    let normalize = |n: &str| n.trim_end_matches('.').to_ascii_lowercase();
+    let mut dns_names: Vec<String> = Vec::new();
+    let mut ip_addresses: Vec<IpAddr> = Vec::new();
+    let add_name = |name: &str, dns: &mut Vec<String>, ips: &mut Vec<IpAddr>| {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        } else {
+            let name = normalize(name);
+            if !name.is_empty() && !dns.contains(&name) {
+                dns.push(name);
+            }
+        }
+    };
+    let configured = config.hostname.as_deref().map(normalize);
+    for name in configured
+        .iter()
+        .chain(config.extra_names.iter())
+        .chain(facts.fqdn.iter())
+        .chain(facts.hostname.iter())
+    {
+        add_name(name, &mut dns_names, &mut ip_addresses);
+    }
+    for ip in &facts.addresses {
+        add_name(&ip.to_string(), &mut dns_names, &mut ip_addresses);
+    }
+    let primary_name = configured
+        .or_else(|| facts.fqdn.as_deref().map(normalize))
+        .or_else(|| facts.hostname.as_deref().map(normalize))
+        .or_else(|| ip_addresses.first().map(IpAddr::to_string))
+        .unwrap_or_else(|| "localhost".to_string());
+    if !dns_names.contains(&primary_name) && primary_name.parse::<IpAddr>().is_err() {
+        dns_names.insert(0, primary_name.clone());
+    }
+    Sans {
+        primary_name,
+        dns_names,
+        ip_addresses,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic; see STYLE.md
+mod tests {
+    use super::*;
+
+    fn facts(hostname: Option<&str>, fqdn: Option<&str>, addresses: &[&str]) -> HostFacts {
+        HostFacts {
+            hostname: hostname.map(str::to_string),
+            fqdn: fqdn.map(str::to_string),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn configured_hostname_is_primary_and_everything_merges() {
+        let config = Config {
+            hostname: Some("Registry.Example.com.".into()),
+            extra_names: vec![
+                "registry.example.com".into(),
+                "alias.example.com".into(),
+                "192.0.2.7".into(),
+                "2001:db8::7".into(),
+            ],
+            ..Config::default()
+        };
+        let sans = server_sans(
+            &config,
+            &facts(Some("vm1"), Some("vm1.lan"), &["192.0.2.7", "198.51.100.3"]),
+        );
+        assert_eq!(sans.primary_name, "registry.example.com");
+        assert_eq!(
+            sans.dns_names,
+            [
+                "registry.example.com",
+                "alias.example.com",
+                "vm1.lan",
+                "vm1"
+            ]
+        );
+        let ips: Vec<String> = sans.ip_addresses.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, ["192.0.2.7", "2001:db8::7", "198.51.100.3"]);
+    }
+
+    #[test]
+    fn primary_falls_back_to_fqdn_then_hostname_then_address() {
+        let config = Config::default();
+        let sans = server_sans(&config, &facts(Some("vm1"), Some("vm1.example.org"), &[]));
+        assert_eq!(sans.primary_name, "vm1.example.org");
+        assert_eq!(sans.dns_names, ["vm1.example.org", "vm1"]);
+        let sans = server_sans(&config, &facts(Some("vm1"), None, &["10.0.0.5"]));
+        assert_eq!(sans.primary_name, "vm1");
+        assert_eq!(sans.ip_addresses, ["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        let sans = server_sans(&config, &facts(None, None, &["10.0.0.5"]));
+        assert_eq!(sans.primary_name, "10.0.0.5");
+        assert!(sans.dns_names.is_empty(), "{sans:?}");
+        let sans = server_sans(&config, &HostFacts::default());
+        assert_eq!(sans.primary_name, "localhost");
+        assert_eq!(sans.dns_names, ["localhost"]);
+    }
+
+    #[test]
+    fn usable_addresses() {
+        for good in ["192.0.2.1", "10.1.2.3", "2001:db8::1", "fd00::2"] {
+            assert!(is_usable_address(&good.parse().unwrap()), "{good}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "::1",
+            "169.254.3.4",
+            "fe80::1",
+            "febf::1",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_usable_address(&bad.parse().unwrap()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fqdn_from_etc_hosts() {
+        let hosts = "127.0.0.1 localhost\n# 10.0.0.1 vm1.wrong.example vm1\n\
+                     127.0.1.1\tvm1.example.com vm1  # cloud-init\n::1 localhost ip6-localhost\n";
+        assert_eq!(
+            fqdn_from_hosts(hosts, "vm1").as_deref(),
+            Some("vm1.example.com")
+        );
+        // The canonical name alone, without the short alias, also counts.
+        assert_eq!(
+            fqdn_from_hosts("10.0.0.9 vm2.corp.example\n", "vm2").as_deref(),
+            Some("vm2.corp.example")
+        );
+        // A line that names the host without a domain, or another host, gives nothing.
+        assert_eq!(
+            fqdn_from_hosts("127.0.0.1 localhost\n127.0.0.1 vm\n", "vm"),
+            None
+        );
+        assert_eq!(
+            fqdn_from_hosts("10.0.0.1 other.example.com vm1x\n", "vm1"),
+            None
+        );
+        assert_eq!(
+            fqdn_from_hosts("127.0.0.1 localhost.localdomain vm\n", "vm"),
+            None
+        );
+    }
+
+    #[test]
+    fn gather_never_fails_and_keeps_only_usable_addresses() {
+        let facts = HostFacts::gather();
+        assert!(facts.addresses.iter().all(is_usable_address), "{facts:?}");
+        if let Some(fqdn) = &facts.fqdn {
+            assert!(fqdn.contains('.'), "{facts:?}");
+        }
+    }
+}
