@@ -536,8 +536,12 @@ mod tests {
             BaseSource::File(file.clone())
         );
         assert_eq!(
-            base_source("ubuntu-24.04", Distro::Ubuntu2404, Some("http://127.0.0.1:1/d/".into()))
-                .unwrap(),
+            base_source(
+                "ubuntu-24.04",
+                Distro::Ubuntu2404,
+                Some("http://127.0.0.1:1/d/".into())
+            )
+            .unwrap(),
             BaseSource::Official {
                 distro: Distro::Ubuntu2404,
                 base_url: Some("http://127.0.0.1:1/d/".into())
@@ -552,8 +556,12 @@ mod tests {
             let e = base_source(name, distro, url.map(str::to_string)).unwrap_err();
             assert!(e.is::<UsageError>(), "{name}: {e}");
         }
-        assert!(base_source(file.to_str().unwrap(), Distro::Debian13, Some("http://x/".into()))
-            .is_err());
+        assert!(base_source(
+            file.to_str().unwrap(),
+            Distro::Debian13,
+            Some("http://x/".into())
+        )
+        .is_err());
     }
 
     #[test]

@@ -68,6 +68,10 @@ const BAKE_FINISH_SCRIPT: &str = "/run/regimage-bake/finish.sh";
 /// Left by the last runcmd step: the payload script ran to its end.
 const BAKE_PAYLOAD_DONE: &str = "/run/regimage-bake/payload-done";
 const BAKE_FINISH_UNIT: &str = "regimage-bake-finish.service";
+/// With machine-id `uninitialized` the image's first boot is systemd's "first boot", which
+/// enables every unit whose preset says so; without a preset line the default is `enable`,
+/// which would enable the distribution's nginx again. A `disable` line keeps it off.
+pub const BAKE_PRESET_PATH: &str = "/etc/systemd/system-preset/80-regimage.preset";
 
 /// What the document is for (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -547,6 +551,12 @@ fn bake_runcmd(distro: Distro, archive_size: u64, archive_sha256: &str) -> Vec<V
         )),
         // The distribution's nginx starts on install and holds port 80.
         Value::strs(["systemctl", "disable", "--now", info.distro_nginx_unit]),
+        Value::strs(["install", "-d", "-m", "0755", "/etc/systemd/system-preset"]),
+        Value::Str(format!(
+            "printf '# regimage: the proxy is registry-proxy.service; first boot runs {FIRSTBOOT_UNIT}\\n\
+             disable {}\\nenable {FIRSTBOOT_UNIT}\\n' > {BAKE_PRESET_PATH}",
+            info.distro_nginx_unit
+        )),
         bake_say("copying the registry image archive from its drive"),
         Value::strs([
             "install", "-d", "-m", "0700", "-o", "root", "-g", "root", STATE_DIR,
@@ -769,6 +779,153 @@ mod tests {
         let body = ud.text.split_once('\n').unwrap().1;
         let parsed: serde_json::Value = serde_yaml_ng::from_str(body).unwrap();
         assert_eq!(parsed, ud.tree.to_json());
+    }
+
+    /// The runcmd/bootcmd items as cloud-init writes them to a script (strings verbatim,
+    /// lists shell-quoted).
+    fn shellify(items: &[Value]) -> String {
+        let mut script = String::from("#!/bin/sh\n");
+        for item in items {
+            match item {
+                Value::Str(s) => script.push_str(s),
+                Value::Seq(args) => {
+                    let quoted: Vec<String> = args
+                        .iter()
+                        .map(|a| match a {
+                            Value::Str(s) => format!("'{}'", s.replace('\'', "'\\''")),
+                            other => panic!("{other:?}"),
+                        })
+                        .collect();
+                    script.push_str(&quoted.join(" "));
+                }
+                other => panic!("{other:?}"),
+            }
+            script.push('\n');
+        }
+        script
+    }
+
+    fn sh_syntax_ok(script: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sh");
+        std::fs::write(&path, script).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sh -n: {}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn bake_mode_document() {
+        let config = Config::default();
+        let bin = BinaryPayload::Embedded(b"\x7fELF fake".to_vec());
+        let sha = "ab".repeat(32);
+        let mode = Mode::Bake {
+            archive_size: 7494144,
+            archive_sha256: sha.clone(),
+        };
+        let bake =
+            build_user_data_for(&config, &sample_files(), &bin, Distro::Debian13, &mode).unwrap();
+        let first = build_user_data(&config, &sample_files(), &bin, Distro::Debian13).unwrap();
+        let tree = &bake.tree;
+        // The same packages and files (binary included) as the user-data.
+        assert_eq!(tree.get("packages"), first.tree.get("packages"));
+        assert_eq!(tree.get("write_files"), first.tree.get("write_files"));
+        // No cloud login user is made in the bake; the service users are.
+        let users = items(tree, "users");
+        assert_eq!(users.len(), 2);
+        assert!(!users.contains(&Value::str("default")));
+
+        let runcmd = items(tree, "runcmd");
+        let text = format!("{runcmd:?}");
+        assert!(text.contains(&format!(
+            "head -c 7494144 /dev/disk/by-id/virtio-{ARCHIVE_DRIVE_SERIAL}"
+        )));
+        assert!(text.contains(&format!("{sha}  {REGISTRY_ARCHIVE_PATH}.part")));
+        assert!(runcmd.contains(&Value::strs([
+            "mv",
+            "-f",
+            &format!("{REGISTRY_ARCHIVE_PATH}.part"),
+            REGISTRY_ARCHIVE_PATH
+        ])));
+        assert!(runcmd.contains(&Value::strs([
+            "chmod",
+            "0600",
+            &format!("{REGISTRY_ARCHIVE_PATH}.part")
+        ])));
+        assert!(runcmd.contains(&Value::strs(["systemctl", "enable", FIRSTBOOT_UNIT])));
+        assert!(
+            text.contains(&format!(
+                "disable nginx.service\\\\nenable {FIRSTBOOT_UNIT}"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(BAKE_PRESET_PATH));
+        assert!(runcmd.contains(&Value::strs([
+            "systemctl",
+            "disable",
+            "--now",
+            "nginx.service"
+        ])));
+        // Enabled, never started, in the bake.
+        assert!(!text.contains("--no-block"), "{text}");
+        assert!(!text.contains("\"start\""), "{text}");
+        // Progress lines for the host.
+        assert!(text.contains(&format!("echo '{BAKE_PROGRESS_PREFIX}")));
+        sh_syntax_ok(&shellify(runcmd));
+
+        let bootcmd = items(tree, "bootcmd");
+        sh_syntax_ok(&shellify(bootcmd));
+        let run = bootcmd
+            .iter()
+            .find(|v| matches!(v, Value::Seq(a) if a.first() == Some(&Value::str("systemd-run"))))
+            .unwrap();
+        // systemd expands $ in a transient unit's command line: none there.
+        assert!(!format!("{run:?}").contains('$'));
+        assert!(format!("{run:?}").contains("--no-block"));
+
+        let script = bake_finish_script();
+        sh_syntax_ok(&script);
+        for needed in [
+            "cloud-init status --wait",
+            "cloud-init clean --logs --machine-id --seed",
+            "rm -f /etc/ssh/ssh_host_*",
+            "grep -qx uninitialized /etc/machine-id",
+            "systemctl poweroff",
+            BAKE_PAYLOAD_DONE,
+        ] {
+            assert!(script.contains(needed), "{needed} missing");
+        }
+        // The script is in the user-data through a heredoc.
+        assert!(bake
+            .text
+            .contains("cloud-init clean --logs --machine-id --seed"));
+        // The host's success line never appears literally in the seed, so only a guest
+        // that ran the script can print it.
+        let done_line = format!("{BAKE_PROGRESS_PREFIX}{BAKE_DONE_STEP}");
+        assert!(!bake.text.contains(&done_line));
+        assert!(script.contains(BAKE_DONE_STEP));
+        // The first-boot document has none of this.
+        assert!(first.tree.get("bootcmd").is_none());
+        assert!(!first.text.contains(BAKE_PROGRESS_PREFIX));
+        // The text parses back to the same tree.
+        let body = bake.text.split_once('\n').unwrap().1;
+        let parsed: serde_json::Value = serde_yaml_ng::from_str(body).unwrap();
+        assert_eq!(parsed, bake.tree.to_json());
+        // A malformed archive digest is refused.
+        let bad = Mode::Bake {
+            archive_size: 1,
+            archive_sha256: "xyz".into(),
+        };
+        assert!(
+            build_user_data_for(&config, &sample_files(), &bin, Distro::Debian13, &bad).is_err()
+        );
     }
 
     #[test]

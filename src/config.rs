@@ -104,6 +104,11 @@ pub struct Registry {
     pub memory_max: String,
     /// systemd CPUQuota= for the registry (e.g. `100%`).
     pub cpu_quota: String,
+    /// A registry serving the pinned image in place of its own registry
+    /// (`HOST[:PORT][/PATH]`), for sites without access to it; pulls stay pinned by digest.
+    pub mirror: Option<String>,
+    /// Reach the mirror over plain HTTP or unverified TLS (a mirror on a private network).
+    pub mirror_insecure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +174,8 @@ impl Default for Registry {
             storage_dir: PathBuf::from("/var/lib/registry"),
             memory_max: "1G".into(),
             cpu_quota: "100%".into(),
+            mirror: None,
+            mirror_insecure: false,
         }
     }
 }
@@ -385,6 +392,15 @@ impl Config {
         check_systemd_size(&self.registry.memory_max)
             .map_err(|m| error("registry.memory-max", m))?;
         check_cpu_quota(&self.registry.cpu_quota).map_err(|m| error("registry.cpu-quota", m))?;
+        if let Some(mirror) = &self.registry.mirror {
+            check_mirror(mirror).map_err(|m| error("registry.mirror", m))?;
+        }
+        if self.registry.mirror_insecure && self.registry.mirror.is_none() {
+            return Err(error(
+                "registry.mirror-insecure",
+                "true without registry.mirror; set a mirror or remove this key".into(),
+            ));
+        }
         for (key, value) in [
             ("proxy.pull-rate", self.proxy.pull_rate),
             ("proxy.push-rate", self.proxy.push_rate),
@@ -614,6 +630,38 @@ pub fn parse_image_ref(reference: &str) -> Result<ImageRef, String> {
     })
 }
 
+/// `HOST[:PORT][/PATH]`, the form registries.conf takes for a mirror location.
+fn check_mirror(mirror: &str) -> Result<(), String> {
+    let expected = "expected HOST[:PORT][/PATH] without a scheme, e.g. mirror.example.com:5000/library/registry";
+    if mirror.contains("://") {
+        return Err(format!("{mirror:?} has a scheme; {expected}"));
+    }
+    let (host_port, path) = mirror.split_once('/').unwrap_or((mirror, ""));
+    // An IPv6 address is bracketed, so the port is what follows the last ':' after any ']'.
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (host_port, None),
+    };
+    let host_ok = check_dns_name(host).is_ok()
+        || host.parse::<IpAddr>().is_ok()
+        || host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    let path_ok = path.split('/').all(|c| {
+        !c.is_empty()
+            && c.chars().all(|ch| {
+                ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
+            })
+    }) || path.is_empty();
+    if host_ok && port_ok && path_ok {
+        Ok(())
+    } else {
+        Err(format!("{mirror:?} is not a registry location; {expected}"))
+    }
+}
+
 fn check_absolute_dir(path: &Path) -> Result<(), String> {
     let text = path.to_string_lossy();
     if !path.is_absolute() {
@@ -757,6 +805,27 @@ mod tests {
             &"a".repeat(64),
         ] {
             assert!(check_dns_name(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn mirrors() {
+        for good in [
+            "10.0.2.2:5000",
+            "mirror.example.com/library/registry",
+            "[fd00::1]:5000/x",
+        ] {
+            check_mirror(good).unwrap();
+        }
+        for bad in [
+            "http://m:5000",
+            "m:0",
+            "m:port",
+            "m/Upper",
+            "bad_host",
+            "m//x",
+        ] {
+            assert!(check_mirror(bad).is_err(), "{bad} accepted");
         }
     }
 

@@ -259,7 +259,10 @@ fn resolve(contents: &Contents) -> Result<ArchiveInfo> {
         .context("the archive has no index.json; is it an oci-archive made by skopeo?")?;
     let index: Index = serde_json::from_slice(index_json).context("parsing index.json")?;
     if index.schema_version != 2 {
-        bail!("index.json has schemaVersion {}; expected 2", index.schema_version);
+        bail!(
+            "index.json has schemaVersion {}; expected 2",
+            index.schema_version
+        );
     }
     let top = match index.manifests.as_slice() {
         [one] => one,
@@ -274,8 +277,8 @@ fn resolve(contents: &Contents) -> Result<ArchiveInfo> {
         .get("org.opencontainers.image.ref.name")
         .cloned();
     let top_bytes = blob(contents, top)?;
-    let probe: Probe = serde_json::from_slice(top_bytes)
-        .with_context(|| format!("parsing {}", top.digest))?;
+    let probe: Probe =
+        serde_json::from_slice(top_bytes).with_context(|| format!("parsing {}", top.digest))?;
     let top_type = probe
         .media_type
         .clone()
@@ -465,7 +468,11 @@ mod tests {
             top.0, top.1, top.2
         );
         append(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-        append(&mut b, &blob_name(&sha(config.as_bytes())), config.as_bytes());
+        append(
+            &mut b,
+            &blob_name(&sha(config.as_bytes())),
+            config.as_bytes(),
+        );
         append(&mut b, &blob_name(&sha(&layer)), &layer);
         append(
             &mut b,
@@ -490,7 +497,10 @@ mod tests {
         assert_eq!(info.config_digest, f.config);
         assert_eq!(info.index_digest, None);
         assert_eq!(info.layers.len(), 1);
-        assert_eq!(info.ref_name.as_deref(), Some("docker.io/library/registry:2"));
+        assert_eq!(
+            info.ref_name.as_deref(),
+            Some("docker.io/library/registry:2")
+        );
         assert!(info.matches(&f.manifest));
         assert!(!info.matches(&f.config));
         let path = Path::new("a.tar");
@@ -543,6 +553,11 @@ mod tests {
         assert!(inspect_reader(&b"not a tar file at all"[..]).is_err());
         assert!(digest_hex("sha256:abc").is_err());
         assert!(digest_hex(&format!("sha512:{}", "a".repeat(64))).is_err());
-        assert_eq!(digest_hex(&format!("sha256:{}", "a".repeat(64))).unwrap().len(), 64);
+        assert_eq!(
+            digest_hex(&format!("sha256:{}", "a".repeat(64)))
+                .unwrap()
+                .len(),
+            64
+        );
     }
 }

@@ -38,6 +38,8 @@ const BAD: &[(&str, &str, &str)] = &[
     ("registry:\n  cpu-quota: '2'\n", "registry.cpu-quota", "percentage"),
     ("registry:\n  storage-dir: relative/dir\n", "registry.storage-dir", "absolute path"),
     ("proxy:\n  max-body-size: 2gb\n", "proxy.max-body-size", "nginx size"),
+    ("registry:\n  mirror: http://m:5000\n", "registry.mirror", "without a scheme"),
+    ("registry:\n  mirror-insecure: true\n", "registry.mirror-insecure", "without registry.mirror"),
     ("proxy:\n  pull-rate: 0\n", "proxy.pull-rate", "1 or more"),
     ("output-dir: /\n", "output-dir", "below /"),
     ("organization: ''\n", "organization", "empty"),

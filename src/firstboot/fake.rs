@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::system::{Manager, NewUser, PodmanImage, PodmanUser, Probe, System, UnitStatus, UserInfo};
+use super::system::{
+    Manager, NewUser, PodmanImage, PodmanUser, Probe, System, UnitStatus, UserInfo,
+};
 use super::ufw::{UfwCommand, UfwRule, UfwState};
 use crate::identity::HostFacts;
 use crate::render;
@@ -76,6 +78,8 @@ pub struct FakeSystem {
     pub registry_broken: Cell<bool>,
     /// nginx never answers, to test the health step.
     pub proxy_broken: Cell<bool>,
+    /// The proxy's start job stays queued (an ordering cycle with the first-boot unit).
+    pub proxy_job_held: Cell<bool>,
     pub migrations: Cell<u32>,
     clock: Cell<Duration>,
 }
@@ -97,6 +101,7 @@ impl FakeSystem {
             crash_at: Cell::new(None),
             registry_broken: Cell::new(false),
             proxy_broken: Cell::new(false),
+            proxy_job_held: Cell::new(false),
             migrations: Cell::new(0),
             clock: Cell::new(Duration::ZERO),
         }
@@ -143,7 +148,11 @@ impl FakeSystem {
             bail!("podman got runtime dir {}", user.runtime_dir.display());
         }
         if !self.runtime_dir(user.uid).is_dir() {
-            bail!("podman as {}: /run/user/{} does not exist", user.name, user.uid);
+            bail!(
+                "podman as {}: /run/user/{} does not exist",
+                user.name,
+                user.uid
+            );
         }
         Ok(())
     }
@@ -157,7 +166,10 @@ impl FakeSystem {
             .map(|u| u.uid)
             .chain(state.groups.values().copied())
             .collect();
-        (100..=999).rev().find(|id| !used.contains(id)).unwrap_or(100)
+        (100..=999)
+            .rev()
+            .find(|id| !used.contains(id))
+            .unwrap_or(100)
     }
 
     fn registry_answers(&self) -> bool {
@@ -204,8 +216,15 @@ impl System for FakeSystem {
     fn file_owner(&self, path: &Path) -> Result<(u32, u32)> {
         self.look(format!("file_owner {}", path.display()));
         let rel = self.relative(path)?;
-        std::fs::symlink_metadata(path).with_context(|| format!("inspecting {}", path.display()))?;
-        Ok(self.state.borrow().owners.get(&rel).copied().unwrap_or((0, 0)))
+        std::fs::symlink_metadata(path)
+            .with_context(|| format!("inspecting {}", path.display()))?;
+        Ok(self
+            .state
+            .borrow()
+            .owners
+            .get(&rel)
+            .copied()
+            .unwrap_or((0, 0)))
     }
 
     fn linger_enabled(&self, user: &str) -> Result<bool> {
@@ -251,7 +270,9 @@ impl System for FakeSystem {
             } else {
                 "disabled".into()
             },
-            job_pending: false,
+            job_pending: self.proxy_job_held.get()
+                && manager == Manager::System
+                && unit == "registry-proxy.service",
         })
     }
 
@@ -285,7 +306,10 @@ impl System for FakeSystem {
             bail!("curl: (60) SSL certificate problem: no CA given");
         };
         if !ca.is_file() {
-            bail!("curl: (77) error setting certificate file: {}", ca.display());
+            bail!(
+                "curl: (77) error setting certificate file: {}",
+                ca.display()
+            );
         }
         match (self.proxy_answers(), self.registry_answers()) {
             (false, _) => bail!("curl: (7) Failed to connect: Connection refused"),
@@ -333,7 +357,8 @@ impl System for FakeSystem {
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {
         self.change(format!("chown {} {uid}:{gid}", path.display()))?;
         let rel = self.relative(path)?;
-        std::fs::symlink_metadata(path).with_context(|| format!("changing the owner of {}", path.display()))?;
+        std::fs::symlink_metadata(path)
+            .with_context(|| format!("changing the owner of {}", path.display()))?;
         self.state.borrow_mut().owners.insert(rel, (uid, gid));
         Ok(())
     }
@@ -361,6 +386,7 @@ impl System for FakeSystem {
                 std::fs::create_dir_all(&private).context("making the fake runtime dir")?;
                 std::fs::write(private.join("private"), b"").context("making the fake socket")?;
             }
+            Manager::System if self.proxy_job_held.get() => return Ok(()),
             Manager::System => {
                 // nginx needs the certificates first boot makes.
                 ok = self.root.join("etc/registry/certs/registry.crt").is_file();
@@ -368,11 +394,9 @@ impl System for FakeSystem {
             Manager::User(uid) => {
                 self.require_user_manager(uid)?;
                 let state = self.state.borrow();
-                ok = state
-                    .images
-                    .get(&uid)
-                    .is_some_and(|imgs| imgs.iter().any(|i| i.has_name(render::REGISTRY_IMAGE_TAG)))
-                    && self.root.join("etc/registry/registry.env").is_file();
+                ok = state.images.get(&uid).is_some_and(|imgs| {
+                    imgs.iter().any(|i| i.has_name(render::REGISTRY_IMAGE_TAG))
+                }) && self.root.join("etc/registry/registry.env").is_file();
             }
         }
         let mut state = self.state.borrow_mut();
@@ -404,7 +428,10 @@ impl System for FakeSystem {
             UfwCommand::Allow { .. } => {
                 for rule in command.stored_rules(ufw.ipv6) {
                     // ufw skips an identical rule and updates one that differs in comment.
-                    let same = |r: &UfwRule| UfwRule { comment: None, ..r.clone() };
+                    let same = |r: &UfwRule| UfwRule {
+                        comment: None,
+                        ..r.clone()
+                    };
                     match ufw.rules.iter_mut().find(|r| same(r) == same(&rule)) {
                         Some(existing) => existing.comment = rule.comment.clone(),
                         None => ufw.rules.push(rule),

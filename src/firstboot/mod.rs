@@ -11,7 +11,6 @@
 //! `--no-system` writes only the certificates and client bundles under `--root`;
 //! `--dry-run` prints what a run would change on this machine and changes nothing.
 
-pub mod oci;
 pub mod real;
 pub mod status;
 pub mod steps;
@@ -157,7 +156,12 @@ pub fn check_privileges(is_root: bool, dry_run: bool) -> Result<()> {
 /// Runs every step on `sys` with `root` standing for `/`, then (unless dry) writes the
 /// status file and, when everything is up, the completion marker. A failing step stops the
 /// run (a dry run notes it and goes on) and the error names it.
-pub fn run_system(sys: &dyn System, root: &Path, config: &Config, opts: &Options) -> Result<Status> {
+pub fn run_system(
+    sys: &dyn System,
+    root: &Path,
+    config: &Config,
+    opts: &Options,
+) -> Result<Status> {
     let guard = ReadOnly(sys);
     let sys: &dyn System = if opts.dry_run { &guard } else { sys };
     let mut ctx = Ctx::new(sys, root, config, opts);
@@ -191,7 +195,10 @@ pub fn run_system(sys: &dyn System, root: &Path, config: &Config, opts: &Options
 }
 
 /// Runs `steps` in order; stops at the first failure unless this is a dry run.
-pub(crate) fn run_steps(ctx: &mut Ctx<'_>, steps: &[(&str, StepFn)]) -> (Vec<StepStatus>, Option<anyhow::Error>) {
+pub(crate) fn run_steps(
+    ctx: &mut Ctx<'_>,
+    steps: &[(&str, StepFn)],
+) -> (Vec<StepStatus>, Option<anyhow::Error>) {
     let mut done = Vec::new();
     let mut first_error = None;
     for (name, step) in steps {
@@ -315,11 +322,11 @@ pub fn dry_run_report(status: &Status) -> String {
     );
     for step in &status.steps {
         let _ = writeln!(out, "{}:", step.name);
-        for note in &step.notes {
-            let _ = writeln!(out, "  {note}");
-        }
         for change in &step.changes {
             let _ = writeln!(out, "  would {change}");
+        }
+        for note in &step.notes {
+            let _ = writeln!(out, "  {note}");
         }
         if let Some(e) = &step.error {
             let _ = writeln!(out, "  cannot tell: {e}");

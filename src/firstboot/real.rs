@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,9 @@ use zbus::blocking::Connection;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 
-use super::system::{Manager, NewUser, PodmanImage, PodmanUser, Probe, System, UnitStatus, UserInfo};
+use super::system::{
+    Manager, NewUser, PodmanImage, PodmanUser, Probe, System, UnitStatus, UserInfo,
+};
 use super::ufw::{self, UfwCommand, UfwState};
 use crate::cmd::CommandRunExt;
 use crate::identity::HostFacts;
@@ -36,6 +38,9 @@ use crate::render;
 trait LoginManager {
     fn set_user_linger(&self, uid: u32, enable: bool, interactive: bool) -> zbus::Result<()>;
 }
+
+/// One change EnableUnitFiles made: (type, symlink, destination).
+type UnitFileChange = (String, String, String);
 
 /// systemd's manager object (system or user); only the calls first boot makes.
 #[zbus::proxy(
@@ -54,7 +59,7 @@ trait SystemdManager {
         files: &[&str],
         runtime: bool,
         force: bool,
-    ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
+    ) -> zbus::Result<(bool, Vec<UnitFileChange>)>;
     fn reload(&self) -> zbus::Result<()>;
 }
 
@@ -115,41 +120,80 @@ impl RealSystem {
         match manager {
             Manager::System => self.system_bus(),
             Manager::User(uid) => {
-                let socket = PathBuf::from(format!("/run/user/{uid}/systemd/private"));
-                let stream = UnixStream::connect(&socket)
-                    .with_context(|| format!("connecting to {}", socket.display()))?;
-                zbus::blocking::connection::Builder::async_io_unix_stream(stream)
-                    .p2p()
-                    .build()
-                    .with_context(|| format!("opening a D-Bus connection on {}", socket.display()))
+                connect_private(Path::new(&format!("/run/user/{uid}/systemd/private")))
             }
         }
     }
+}
 
-    fn manager_proxy(&self, manager: Manager) -> Result<SystemdManagerProxy<'static>> {
-        let conn = self.manager_connection(manager)?;
-        SystemdManagerProxy::builder(&conn)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .with_context(|| format!("creating a proxy for {manager}"))
-    }
+/// A peer-to-peer connection to a systemd manager's private socket (no bus: no Hello).
+fn connect_private(socket: &Path) -> Result<Connection> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    zbus::blocking::connection::Builder::async_io_unix_stream(stream)
+        .p2p()
+        .build()
+        .with_context(|| format!("opening a D-Bus connection on {}", socket.display()))
+}
 
-    fn unit_proxy(&self, manager: Manager, unit: &str) -> Result<SystemdUnitProxy<'static>> {
-        let conn = self.manager_connection(manager)?;
-        let mgr = SystemdManagerProxy::builder(&conn)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .with_context(|| format!("creating a proxy for {manager}"))?;
-        let path = mgr
-            .load_unit(unit)
-            .with_context(|| format!("loading {unit} in {manager}"))?;
-        SystemdUnitProxy::builder(&conn)
-            .path(path)
-            .context("using the unit's object path")?
-            .cache_properties(CacheProperties::No)
-            .build()
-            .with_context(|| format!("creating a proxy for {unit}"))
+fn manager_proxy(conn: &Connection, manager: Manager) -> Result<SystemdManagerProxy<'static>> {
+    SystemdManagerProxy::builder(conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .with_context(|| format!("creating a proxy for {manager}"))
+}
+
+fn unit_proxy(
+    conn: &Connection,
+    manager: Manager,
+    unit: &str,
+) -> Result<SystemdUnitProxy<'static>> {
+    let path = manager_proxy(conn, manager)?
+        .load_unit(unit)
+        .with_context(|| format!("loading {unit} in {manager}"))?;
+    SystemdUnitProxy::builder(conn)
+        .path(path)
+        .context("using the unit's object path")?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .with_context(|| format!("creating a proxy for {unit}"))
+}
+
+fn unit_status_on(conn: &Connection, manager: Manager, unit: &str) -> Result<UnitStatus> {
+    let proxy = unit_proxy(conn, manager, unit)?;
+    let read = |what: &str, r: zbus::Result<String>| {
+        r.with_context(|| format!("reading {what} of {unit} from {manager}"))
+    };
+    let unit_file_state = manager_proxy(conn, manager)?
+        .get_unit_file_state(unit)
+        // Instances such as user@1000.service have no unit file of their own.
+        .unwrap_or_else(|_| "unknown".into());
+    Ok(UnitStatus {
+        load_state: read("LoadState", proxy.load_state())?,
+        active_state: read("ActiveState", proxy.active_state())?,
+        sub_state: read("SubState", proxy.sub_state())?,
+        unit_file_state,
+        job_pending: proxy
+            .job()
+            .with_context(|| format!("reading Job of {unit} from {manager}"))?
+            .0
+            != 0,
+    })
+}
+
+fn start_unit_on(conn: &Connection, manager: Manager, unit: &str) -> Result<()> {
+    let mgr = manager_proxy(conn, manager)?;
+    // Unit files written after the manager loaded them (cloud-init) need a reload first.
+    if unit_proxy(conn, manager, unit)?
+        .need_daemon_reload()
+        .unwrap_or(false)
+    {
+        mgr.reload()
+            .with_context(|| format!("reloading {manager} for {unit}"))?;
     }
+    mgr.start_unit(unit, "replace")
+        .with_context(|| format!("starting {unit} in {manager}"))?;
+    Ok(())
 }
 
 /// A podman command for `user`: run as that user, with the global options and environment
@@ -227,26 +271,18 @@ impl System for RealSystem {
     }
 
     fn unit_status(&self, manager: Manager, unit: &str) -> Result<UnitStatus> {
-        let proxy = self.unit_proxy(manager, unit)?;
-        let read = |what: &str, r: zbus::Result<String>| {
-            r.with_context(|| format!("reading {what} of {unit} from {manager}"))
-        };
-        let unit_file_state = self
-            .manager_proxy(manager)?
-            .get_unit_file_state(unit)
-            // Instances such as user@1000.service have no unit file of their own.
-            .unwrap_or_else(|_| "unknown".into());
-        Ok(UnitStatus {
-            load_state: read("LoadState", proxy.load_state())?,
-            active_state: read("ActiveState", proxy.active_state())?,
-            sub_state: read("SubState", proxy.sub_state())?,
-            unit_file_state,
-            job_pending: proxy
-                .job()
-                .with_context(|| format!("reading Job of {unit} from {manager}"))?
-                .0
-                != 0,
-        })
+        let mut status = unit_status_on(&self.manager_connection(manager)?, manager, unit)?;
+        if let Manager::User(_) = manager {
+            // Enabled the way enable_unit enables it: globally, in /etc/systemd/user.
+            let out = command("systemctl")
+                .args(["--global", "is-enabled", unit])
+                .run_unchecked()?;
+            status.unit_file_state = match out.stdout_text() {
+                text if text.is_empty() => "unknown".into(),
+                text => text,
+            };
+        }
+        Ok(status)
     }
 
     fn ufw_state(&self) -> Result<UfwState> {
@@ -293,7 +329,12 @@ impl System for RealSystem {
         cmd.arg(&probe.url);
         let out = cmd.run_unchecked()?;
         if !out.status.success() {
-            anyhow::bail!("curl {} failed with {}: {}", probe.url, out.status, out.stderr_tail);
+            anyhow::bail!(
+                "curl {} failed with {}: {}",
+                probe.url,
+                out.status,
+                out.stderr_tail
+            );
         }
         out.stdout_text()
             .parse()
@@ -309,8 +350,17 @@ impl System for RealSystem {
     }
 
     fn create_user(&self, user: &NewUser) -> Result<()> {
+        // --user-group fails when a group of that name is already there; join it instead.
+        let group_exists = self.lookup_group(&user.name)?.is_some();
+        let group_args = if group_exists {
+            ["--gid", user.name.as_str()].to_vec()
+        } else {
+            ["--user-group"].to_vec()
+        };
         command("useradd")
-            .args(["--system", "--user-group", "--shell", "/usr/sbin/nologin"])
+            .arg("--system")
+            .args(group_args)
+            .args(["--shell", "/usr/sbin/nologin"])
             .arg("--home-dir")
             .arg(&user.home)
             .args(["--no-create-home", "--comment", &user.comment, &user.name])
@@ -339,21 +389,13 @@ impl System for RealSystem {
     }
 
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()> {
-        let mgr = self.manager_proxy(manager)?;
-        // Unit files written after the manager loaded them (cloud-init) need a reload first.
-        if self.unit_proxy(manager, unit)?.need_daemon_reload().unwrap_or(false) {
-            mgr.reload()
-                .with_context(|| format!("reloading {manager} for {unit}"))?;
-        }
-        mgr.start_unit(unit, "replace")
-            .with_context(|| format!("starting {unit} in {manager}"))?;
-        Ok(())
+        start_unit_on(&self.manager_connection(manager)?, manager, unit)
     }
 
     fn enable_unit(&self, manager: Manager, unit: &str) -> Result<()> {
         match manager {
             Manager::System => {
-                let mgr = self.manager_proxy(manager)?;
+                let mgr = manager_proxy(&self.manager_connection(manager)?, manager)?;
                 mgr.enable_unit_files(&[unit], false, false)
                     .with_context(|| format!("enabling {unit}"))?;
                 // What `systemctl enable` does after linking: make the manager see it.
@@ -436,11 +478,17 @@ mod tests {
         let env: Vec<(String, String)> = cmd
             .get_envs()
             .filter_map(|(k, v)| {
-                Some((k.to_string_lossy().into_owned(), v?.to_string_lossy().into_owned()))
+                Some((
+                    k.to_string_lossy().into_owned(),
+                    v?.to_string_lossy().into_owned(),
+                ))
             })
             .collect();
         for (k, v) in render::podman_environment() {
-            assert!(env.contains(&(k.clone(), v.clone())), "{k} missing: {env:?}");
+            assert!(
+                env.contains(&(k.clone(), v.clone())),
+                "{k} missing: {env:?}"
+            );
         }
         assert!(env.contains(&("XDG_RUNTIME_DIR".into(), "/run/user/998".into())));
         assert!(env.contains(&("HOME".into(), "/var/lib/registry-home".into())));
@@ -461,6 +509,107 @@ mod tests {
         assert_eq!(sys.lookup_user("regimage-no-such-user").unwrap(), None);
         assert_eq!(sys.lookup_group("regimage-no-such-group").unwrap(), None);
         assert_eq!(sys.lookup_user("root").unwrap().unwrap().uid, 0);
+    }
+
+    /// Stands in for systemd's manager and one unit on a private (peer-to-peer) socket.
+    struct Manager1 {
+        started: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    #[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
+    impl Manager1 {
+        fn load_unit(&self, name: &str) -> OwnedObjectPath {
+            assert_eq!(name, "registry.service");
+            OwnedObjectPath::try_from("/org/freedesktop/systemd1/unit/registry_2eservice").unwrap()
+        }
+        fn get_unit_file_state(&self, _file: &str) -> String {
+            "enabled".into()
+        }
+        fn start_unit(&self, name: &str, mode: &str) -> OwnedObjectPath {
+            self.started.lock().unwrap().push(format!("{name} {mode}"));
+            OwnedObjectPath::try_from("/org/freedesktop/systemd1/job/7").unwrap()
+        }
+        fn reload(&self) {}
+    }
+
+    struct Unit1;
+
+    #[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
+    impl Unit1 {
+        #[zbus(property)]
+        fn load_state(&self) -> String {
+            "loaded".into()
+        }
+        #[zbus(property)]
+        fn active_state(&self) -> String {
+            "activating".into()
+        }
+        #[zbus(property)]
+        fn sub_state(&self) -> String {
+            "start".into()
+        }
+        #[zbus(property)]
+        fn job(&self) -> (u32, OwnedObjectPath) {
+            (
+                7,
+                OwnedObjectPath::try_from("/org/freedesktop/systemd1/job/7").unwrap(),
+            )
+        }
+        #[zbus(property)]
+        fn need_daemon_reload(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn proxies_work_over_a_private_peer_to_peer_socket() {
+        // What root does with /run/user/UID/systemd/private: a UNIX socket, no bus, no
+        // Hello; the messages still name org.freedesktop.systemd1 as systemctl's do.
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("private");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let started = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server_started = started.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let conn = zbus::blocking::connection::Builder::async_io_unix_stream(stream)
+                .server(zbus::Guid::generate())
+                .unwrap()
+                .p2p()
+                .serve_at(
+                    "/org/freedesktop/systemd1",
+                    Manager1 {
+                        started: server_started,
+                    },
+                )
+                .unwrap()
+                .serve_at("/org/freedesktop/systemd1/unit/registry_2eservice", Unit1)
+                .unwrap()
+                .build()
+                .unwrap();
+            // Keep serving until the client is done.
+            done_rx.recv().unwrap();
+            drop(conn);
+        });
+        let conn = connect_private(&socket).unwrap();
+        let manager = Manager::User(998);
+        let status = unit_status_on(&conn, manager, "registry.service").unwrap();
+        assert_eq!(
+            status,
+            UnitStatus {
+                load_state: "loaded".into(),
+                active_state: "activating".into(),
+                sub_state: "start".into(),
+                unit_file_state: "enabled".into(),
+                job_pending: true,
+            }
+        );
+        start_unit_on(&conn, manager, "registry.service").unwrap();
+        assert_eq!(*started.lock().unwrap(), ["registry.service replace"]);
+        drop(conn);
+        done_tx.send(()).unwrap();
+        server.join().unwrap();
     }
 
     #[test]

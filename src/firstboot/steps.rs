@@ -1,6 +1,6 @@
 //! The first-boot steps, in order. Each one looks at the machine first and changes only
 //! what differs, so any step can run again after a kill anywhere and a run on a ready
-//! machine changes nothing. Changes go through [`Ctx::change`], which --dry-run turns into
+//! machine changes nothing. Changes go through `Ctx::change`, which --dry-run turns into
 //! "would ..." lines.
 
 use std::fs;
@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::oci;
 use super::status::ImageStatus;
 use super::subids;
 use super::system::{Manager, NewUser, PodmanUser, Probe, System, UserInfo};
@@ -21,6 +20,7 @@ use crate::cloudinit;
 use crate::config::Config;
 use crate::fsutil;
 use crate::identity::{self, Sans};
+use crate::oci_archive;
 use crate::pki::{self, Action, PkiPaths, PkiReport};
 use crate::render;
 
@@ -188,7 +188,13 @@ fn ensure_dir_owned(ctx: &mut Ctx<'_>, target: &str, mode: u32, uid: u32, gid: u
 
 /// Sets the mode and owner of an existing file or directory when they differ; `uid: None`
 /// keeps the owner.
-fn ensure_mode_owner(ctx: &mut Ctx<'_>, target: &str, mode: u32, uid: Option<u32>, gid: u32) -> Result<()> {
+fn ensure_mode_owner(
+    ctx: &mut Ctx<'_>,
+    target: &str,
+    mode: u32,
+    uid: Option<u32>,
+    gid: u32,
+) -> Result<()> {
     let path = ctx.path(target);
     let (have_uid, have_gid) = ctx.sys.file_owner(&path)?;
     let uid = uid.unwrap_or(have_uid);
@@ -336,12 +342,23 @@ pub fn users(ctx: &mut Ctx<'_>) -> Result<()> {
     for file in ["/etc/subuid", "/etc/subgid"] {
         ensure_subids(ctx, file, &service)?;
     }
-    ensure_dir_owned(ctx, render::PODMAN_STATE_DIR, PODMAN_DIR_MODE, service.uid, service.gid)?;
+    ensure_dir_owned(
+        ctx,
+        render::PODMAN_STATE_DIR,
+        PODMAN_DIR_MODE,
+        service.uid,
+        service.gid,
+    )?;
     for sub in ["root", "tmp", "xdg-data", "xdg-config"] {
         let dir = format!("{}/{sub}", render::PODMAN_STATE_DIR);
         ensure_dir_owned(ctx, &dir, PODMAN_DIR_MODE, service.uid, service.gid)?;
     }
-    let storage = ctx.config.registry.storage_dir.to_string_lossy().into_owned();
+    let storage = ctx
+        .config
+        .registry
+        .storage_dir
+        .to_string_lossy()
+        .into_owned();
     ensure_dir_owned(ctx, &storage, STORAGE_DIR_MODE, service.uid, service.gid)?;
     ensure_registry_env(ctx, &service)?;
     match proxy_gid {
@@ -410,7 +427,8 @@ fn ensure_group(ctx: &mut Ctx<'_>, name: &str) -> Result<Option<u32>> {
 fn ensure_subids(ctx: &mut Ctx<'_>, file: &str, user: &UserInfo) -> Result<()> {
     let path = ctx.path(file);
     let text = read_optional(&path)?.unwrap_or_default();
-    let plan = subids::plan(&text, &user.name, user.uid).with_context(|| format!("planning {file}"))?;
+    let plan =
+        subids::plan(&text, &user.name, user.uid).with_context(|| format!("planning {file}"))?;
     let range = &plan.range;
     let last = range.start + range.count - 1;
     let Some(new_text) = plan.new_text else {
@@ -420,11 +438,18 @@ fn ensure_subids(ctx: &mut Ctx<'_>, file: &str, user: &UserInfo) -> Result<()> {
         ));
         return Ok(());
     };
-    let mode = if path.exists() { mode_of(&path)? } else { 0o644 };
+    let mode = if path.exists() {
+        mode_of(&path)?
+    } else {
+        0o644
+    };
     let pending = ctx.path(MIGRATE_PENDING_PATH);
     let state_dir = ctx.path(cloudinit::STATE_DIR);
     ctx.change(
-        format!("give {} the subordinate ids {}-{last} in {file}", user.name, range.start),
+        format!(
+            "give {} the subordinate ids {}-{last} in {file}",
+            user.name, range.start
+        ),
         move |_| {
             // The marker first: a kill after the new range is in place still migrates.
             fsutil::ensure_dir(&state_dir, STATE_DIR_MODE)?;
@@ -538,7 +563,10 @@ pub fn user_manager(ctx: &mut Ctx<'_>) -> Result<()> {
     if pending.exists() {
         let pu = ctx.podman_user(&user);
         ctx.change(
-            format!("run `podman system migrate` for {} (its subordinate ids changed)", user.name),
+            format!(
+                "run `podman system migrate` for {} (its subordinate ids changed)",
+                user.name
+            ),
             move |sys| {
                 sys.podman_migrate(&pu)?;
                 fs::remove_file(&pending).with_context(|| format!("removing {}", pending.display()))
@@ -555,7 +583,12 @@ pub fn registry_image(ctx: &mut Ctx<'_>) -> Result<()> {
     let archive = ctx.path(IMAGE_ARCHIVE_PATH);
     // The archive is checked even in a dry run: a wrong one should show before a real run.
     let from_archive = if archive.exists() {
-        let found = oci::inspect_archive(&archive, &image.digest)?;
+        let found = oci_archive::inspect_pinned(&archive, &image.digest).with_context(|| {
+            format!(
+                "checking {IMAGE_ARCHIVE_PATH} against registry.image (nothing was loaded or \
+                 started; the archive is left in place)"
+            )
+        })?;
         ctx.note(format!(
             "{IMAGE_ARCHIVE_PATH} holds the pinned image (manifest {}, image ID {})",
             found.manifest_digest, found.config_digest
@@ -570,7 +603,10 @@ pub fn registry_image(ctx: &mut Ctx<'_>) -> Result<()> {
     let pu = ctx.podman_user(&user);
     if ctx.opts.dry_run && !ctx.path(&pu.runtime_dir).is_dir() {
         let what = match &from_archive {
-            Some(_) => format!("load {IMAGE_ARCHIVE_PATH} into the storage of {}", user.name),
+            Some(_) => format!(
+                "load {IMAGE_ARCHIVE_PATH} into the storage of {}",
+                user.name
+            ),
             None => format!("pull {} as {}", image.pinned(), user.name),
         };
         ctx.change(what, |_| Ok(()))?;
@@ -580,11 +616,17 @@ pub fn registry_image(ctx: &mut Ctx<'_>) -> Result<()> {
     let images = ctx.sys.podman_images(&pu)?;
     let (id, source) = match &from_archive {
         Some(found) => {
-            let id = found.config_digest.trim_start_matches("sha256:").to_string();
+            let id = found
+                .config_digest
+                .trim_start_matches("sha256:")
+                .to_string();
             if !images.iter().any(|i| i.id == id) {
                 let (p, a) = (pu.clone(), archive.clone());
                 ctx.change(
-                    format!("load {IMAGE_ARCHIVE_PATH} into the storage of {} (podman load)", user.name),
+                    format!(
+                        "load {IMAGE_ARCHIVE_PATH} into the storage of {} (podman load)",
+                        user.name
+                    ),
                     move |sys| sys.podman_load(&p, &a),
                 )?;
                 if !ctx.opts.dry_run && !ctx.sys.podman_images(&pu)?.iter().any(|i| i.id == id) {
@@ -638,7 +680,10 @@ pub fn registry_image(ctx: &mut Ctx<'_>) -> Result<()> {
                 .iter()
                 .any(|i| i.id == id && i.has_name(tag))
         {
-            bail!("after tagging, {tag} does not name image sha256:{id} in {}'s storage", user.name);
+            bail!(
+                "after tagging, {tag} does not name image sha256:{id} in {}'s storage",
+                user.name
+            );
         }
     }
     ctx.image = Some(ImageStatus {
@@ -791,16 +836,32 @@ pub fn health(ctx: &mut Ctx<'_>) -> Result<()> {
     );
     let start = sys.elapsed();
     let left = || timeout.saturating_sub(sys.elapsed().saturating_sub(start));
-    let probe = |probe: &Probe, unit_manager: Manager, unit: &str, hint: &str, what: &str| -> Result<Option<String>> {
+    let probe = |probe: &Probe,
+                 unit_manager: Manager,
+                 unit: &str,
+                 hint: &str,
+                 what: &str|
+     -> Result<Option<String>> {
         let status = sys.unit_status(unit_manager, unit)?;
         if status.active_state == "failed" {
             bail!("{what} is not up: {unit} failed; {hint}");
         }
-        Ok(match sys.http_status(probe) {
-            Ok(200) => None,
-            Ok(code) => Some(format!("HTTP {code}")),
-            Err(e) => Some(format!("{e:#}")),
-        })
+        let answer = match sys.http_status(probe) {
+            Ok(200) => return Ok(None),
+            Ok(code) => format!("HTTP {code}"),
+            Err(e) => format!("{e:#}"),
+        };
+        // A start job that never runs is held by an ordering dependency; one on
+        // regimage-firstboot.service would hold it until this run gives up.
+        Ok(Some(if status.job_pending && !status.is_up() {
+            format!(
+                "{answer}; {unit} is {} with its start job still queued (is it ordered after \
+                 regimage-firstboot.service?)",
+                status.active_state
+            )
+        } else {
+            format!("{answer}; {unit} is {}", status.active_state)
+        }))
     };
     ctx.wait(
         left(),
@@ -834,16 +895,37 @@ pub fn output(ctx: &mut Ctx<'_>) -> Result<()> {
     if ctx.opts.dry_run {
         let out = ctx.config.output_dir.display().to_string();
         for client in ctx.config.clients.clone() {
-            ctx.change(format!("write {out}/{client}.tar.gz"), |_| Ok(()))?;
+            let bundle = format!("{out}/{client}.tar.gz");
+            if ctx.path(&bundle).is_file() {
+                ctx.note(format!(
+                    "{bundle} exists: rewritten only if its certificates change"
+                ));
+            } else {
+                ctx.change(format!("write {bundle}"), |_| Ok(()))?;
+            }
         }
-        ctx.change(format!("write {out}/status.json and {}", render::FIRSTBOOT_DONE_PATH), |_| Ok(()))?;
+        if ctx.path(render::FIRSTBOOT_DONE_PATH).is_file() {
+            ctx.note(format!(
+                "{} exists: first boot finished before",
+                render::FIRSTBOOT_DONE_PATH
+            ));
+        } else {
+            ctx.change(
+                format!(
+                    "write {out}/status.json, then {}",
+                    render::FIRSTBOOT_DONE_PATH
+                ),
+                |_| Ok(()),
+            )?;
+        }
         return Ok(());
     }
     let paths = PkiPaths::new(ctx.root);
     let bundles = bundle::write_bundles(ctx.root, ctx.config, &host, &paths)?;
     for b in &bundles {
         if b.action != Action::Kept {
-            ctx.changes.push(format!("{} {}", b.action, b.path.display()));
+            ctx.changes
+                .push(format!("{} {}", b.action, b.path.display()));
         }
     }
     ctx.bundles = bundles;

@@ -124,7 +124,10 @@ pub fn plan(text: &str, user: &str, uid: u32) -> Result<SubIdPlan> {
     if !new_text.is_empty() && !new_text.ends_with('\n') {
         new_text.push('\n');
     }
-    new_text.push_str(&format!("{}:{}:{}\n", range.owner, range.start, range.count));
+    new_text.push_str(&format!(
+        "{}:{}:{}\n",
+        range.owner, range.start, range.count
+    ));
     Ok(SubIdPlan {
         range,
         new_text: Some(new_text),
@@ -227,6 +230,22 @@ mod tests {
             FIRST_SUBID
         )
         .is_none());
+    }
+
+    #[test]
+    fn same_choice_as_shadows_useradd() {
+        // Debian 12's useradd (shadow 4.13, `useradd --prefix DIR` on copies of these files)
+        // gave a new normal user exactly these starts.
+        for (text, want) in [
+            ("", 100_000),
+            ("ubuntu:100000:65536\nother:200000:10\n", 200_010),
+            ("a:100000:65536\nb:231071:5\n", 231_076),
+            ("root:0:150000\n", 150_000),
+            ("b:300000:65536\na:100000:65536\n", 165_536),
+            ("a:100000:100000\nb:150000:65536\n", 215_536),
+        ] {
+            assert_eq!(check_plan(text).range.start, want, "{text:?}");
+        }
     }
 
     #[test]

@@ -11,13 +11,63 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::fake::{FakeState, FakeSystem};
-use super::oci::tests::{test_archive, TestArchive};
-use super::oci::DigestMismatch;
 use super::status::StepResult;
 use super::steps::{Ctx, IMAGE_ARCHIVE_PATH, MIGRATE_PENDING_PATH};
 use super::system::{Manager, UserInfo};
 use super::ufw::UfwCommand;
 use super::*;
+use crate::oci_archive::PinMismatch;
+
+/// A tiny OCI archive (`oci-layout`, `index.json`, blobs) of one linux/amd64 image.
+struct TestArchive {
+    bytes: Vec<u8>,
+    /// `sha256:...` of the manifest blob: what registry.image pins.
+    amd64_manifest: String,
+    /// `sha256:...` of the config: Podman's image ID after loading.
+    amd64_config: String,
+}
+
+fn test_archive() -> TestArchive {
+    use sha2::{Digest, Sha256};
+    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+    let layer = b"not really a layer".to_vec();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}]}}"#,
+        digest(&config),
+        config.len(),
+        digest(&layer),
+        layer.len()
+    )
+    .into_bytes();
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{}}}]}}"#,
+        digest(&manifest),
+        manifest.len()
+    );
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: String, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, path, data).unwrap();
+    };
+    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add("index.json".into(), index.as_bytes());
+    for blob in [&layer, &config, &manifest] {
+        let name = digest(blob);
+        add(
+            format!("blobs/sha256/{}", name.trim_start_matches("sha256:")),
+            blob,
+        );
+    }
+    TestArchive {
+        bytes: tar.into_inner().unwrap(),
+        amd64_manifest: digest(&manifest),
+        amd64_config: digest(&config),
+    }
+}
 
 struct Machine {
     dir: tempfile::TempDir,
@@ -65,19 +115,35 @@ fn machine(with_archive: bool) -> Machine {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("etc/ssh/sshd_config.d")).unwrap();
-    std::fs::write(root.join("etc/ssh/sshd_config"), "Include /etc/ssh/sshd_config.d/*.conf\n").unwrap();
-    std::fs::write(root.join("etc/ssh/sshd_config.d/50-port.conf"), "Port 2222\n").unwrap();
-    let archive = test_archive(true, false);
+    std::fs::write(
+        root.join("etc/ssh/sshd_config"),
+        "Include /etc/ssh/sshd_config.d/*.conf\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/ssh/sshd_config.d/50-port.conf"),
+        "Port 2222\n",
+    )
+    .unwrap();
+    let archive = test_archive();
     if with_archive {
         let state = root.join("var/lib/regimage");
         std::fs::create_dir_all(&state).unwrap();
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::write(root.join("var/lib/regimage/registry-image.oci.tar"), &archive.bytes).unwrap();
+        std::fs::write(
+            root.join("var/lib/regimage/registry-image.oci.tar"),
+            &archive.bytes,
+        )
+        .unwrap();
     }
     let pinned = format!("docker.io/library/registry@{}", archive.amd64_manifest);
     let config = Config {
         clients: vec!["ci".into(), "laptop".into()],
-        push_allowed_cidrs: vec!["10.0.0.0/8".into(), "192.168.0.0/16".into(), "fd00::/8".into()],
+        push_allowed_cidrs: vec![
+            "10.0.0.0/8".into(),
+            "192.168.0.0/16".into(),
+            "fd00::/8".into(),
+        ],
         registry: crate::config::Registry {
             image: pinned.clone(),
             ..Default::default()
@@ -85,7 +151,10 @@ fn machine(with_archive: bool) -> Machine {
         ..Config::default()
     };
     let fake = FakeSystem::new(root);
-    *fake.load_yields.borrow_mut() = archive.amd64_config.trim_start_matches("sha256:").to_string();
+    *fake.load_yields.borrow_mut() = archive
+        .amd64_config
+        .trim_start_matches("sha256:")
+        .to_string();
     fake.registry_images
         .borrow_mut()
         .insert(pinned, "f00d".repeat(16));
@@ -126,7 +195,11 @@ fn snapshot(m: &Machine, mask_random: bool) -> Snapshot {
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            let rel = path.strip_prefix(m.root()).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(m.root())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let meta = std::fs::symlink_metadata(&path).unwrap();
             let mode = meta.permissions().mode() & 0o7777;
             let content = if meta.is_dir() {
@@ -194,9 +267,18 @@ fn clean_run_makes_a_ready_machine() {
     // Firewall: sshd's port, pulls, pushes per network, never the registry; on.
     let ufw = &state.ufw;
     assert!(ufw.enabled);
-    assert!(ufw.rules.iter().any(|r| r.opens_port(2222) && r.src == "0.0.0.0/0"));
-    assert!(!ufw.rules.iter().any(|r| r.opens_port(22)), "sshd moved to 2222");
-    assert!(ufw.rules.iter().any(|r| r.opens_port(443) && r.src == "::/0"));
+    assert!(ufw
+        .rules
+        .iter()
+        .any(|r| r.opens_port(2222) && r.src == "0.0.0.0/0"));
+    assert!(
+        !ufw.rules.iter().any(|r| r.opens_port(22)),
+        "sshd moved to 2222"
+    );
+    assert!(ufw
+        .rules
+        .iter()
+        .any(|r| r.opens_port(443) && r.src == "::/0"));
     let push: Vec<&str> = ufw
         .rules
         .iter()
@@ -214,7 +296,10 @@ fn clean_run_makes_a_ready_machine() {
     assert_eq!(tagged.len(), 1);
     assert_eq!(format!("sha256:{}", tagged[0].id), m.archive.amd64_config);
     let image = status.image.clone().unwrap();
-    assert_eq!((image.id.as_str(), image.source.as_str()), (m.archive.amd64_config.as_str(), "archive"));
+    assert_eq!(
+        (image.id.as_str(), image.source.as_str()),
+        (m.archive.amd64_config.as_str(), "archive")
+    );
 
     // Owners and modes.
     let owner = |rel: &str| state.owners.get(Path::new(rel)).copied();
@@ -228,7 +313,10 @@ fn clean_run_makes_a_ready_machine() {
         assert_eq!(owner(rel), Some((registry.uid, registry.gid)), "{rel}");
         assert_eq!(mode(&m.root().join(rel)), 0o700, "{rel}");
     }
-    assert_eq!(owner("var/lib/registry"), Some((registry.uid, registry.gid)));
+    assert_eq!(
+        owner("var/lib/registry"),
+        Some((registry.uid, registry.gid))
+    );
     assert_eq!(mode(&m.path("/var/lib/registry")), 0o750);
     assert_eq!(owner("etc/registry/registry.env"), Some((0, registry.gid)));
     assert_eq!(mode(&m.path("/etc/registry/registry.env")), 0o640);
@@ -237,7 +325,10 @@ fn clean_run_makes_a_ready_machine() {
         .lines()
         .find_map(|l| l.strip_prefix("REGISTRY_HTTP_SECRET="))
         .unwrap();
-    assert!(secret.len() == 64 && secret.chars().all(|c| c.is_ascii_hexdigit()), "{env}");
+    assert!(
+        secret.len() == 64 && secret.chars().all(|c| c.is_ascii_hexdigit()),
+        "{env}"
+    );
     for rel in [
         "etc/registry/certs/private",
         "etc/registry/certs/private/registry.key",
@@ -245,17 +336,26 @@ fn clean_run_makes_a_ready_machine() {
     ] {
         assert_eq!(owner(rel), Some((0, proxy.gid)), "{rel}");
     }
-    assert_eq!(owner("etc/registry/certs/private/ca.key"), None, "stays root's");
+    assert_eq!(
+        owner("etc/registry/certs/private/ca.key"),
+        None,
+        "stays root's"
+    );
     drop(state);
 
     // Output: bundles, status, marker; root-only state.
     assert_eq!(mode(&m.path("/var/lib/regimage")), 0o700);
     assert_eq!(mode(&m.path("/var/lib/regimage/out")), 0o700);
     for client in ["ci", "laptop"] {
-        assert_eq!(mode(&m.path(&format!("/var/lib/regimage/out/{client}.tar.gz"))), 0o600);
+        assert_eq!(
+            mode(&m.path(&format!("/var/lib/regimage/out/{client}.tar.gz"))),
+            0o600
+        );
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(m.path("/var/lib/regimage/out/status.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(m.path("/var/lib/regimage/out/status.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(json["ready"], true);
     assert_eq!(json["steps"].as_array().unwrap().len(), 9);
     assert!(json["steps"][1]["duration_ms"].is_u64());
@@ -263,14 +363,19 @@ fn clean_run_makes_a_ready_machine() {
     assert_eq!(json["image"]["id"], m.archive.amd64_config.as_str());
     let certs = json["certificates"].as_array().unwrap();
     assert_eq!(certs.len(), 5, "2 CAs, the server, 2 clients");
-    assert!(certs.iter().all(|c| c["sha256"].as_str().unwrap().len() == 95 && c["not_after"].is_string()));
+    assert!(certs
+        .iter()
+        .all(|c| c["sha256"].as_str().unwrap().len() == 95 && c["not_after"].is_string()));
     assert!(m.path(render::FIRSTBOOT_DONE_PATH).is_file());
     assert_eq!(
         ready_line(&m.config, &status),
         "regimage: registry ready: pull https://reg1.example.test/ push https://reg1.example.test:4443/ bundles in /var/lib/regimage/out"
     );
     // The archive stays for a later run.
-    assert_eq!(std::fs::read(m.path(IMAGE_ARCHIVE_PATH)).unwrap(), m.archive.bytes);
+    assert_eq!(
+        std::fs::read(m.path(IMAGE_ARCHIVE_PATH)).unwrap(),
+        m.archive.bytes
+    );
 }
 
 #[test]
@@ -290,7 +395,10 @@ fn order_of_system_calls_is_safe() {
     assert!(pos("podman_migrate") < pos("podman_load"));
     assert!(pos("podman_load") < pos("podman_tag"));
     // SSH is allowed before anything else in ufw, and ufw is enabled last.
-    assert!(pos("ufw allow in proto tcp from any to any port 2222") < pos("ufw allow in proto tcp from any to any port 443"));
+    assert!(
+        pos("ufw allow in proto tcp from any to any port 2222")
+            < pos("ufw allow in proto tcp from any to any port 443")
+    );
     let last_ufw = calls.iter().rposition(|c| c.starts_with("ufw ")).unwrap();
     assert_eq!(calls[last_ufw], "ufw --force enable");
     // Services after the image and the firewall.
@@ -306,16 +414,28 @@ fn second_run_changes_nothing() {
     let mutations = m.mutations().len();
     let second = m.run().unwrap();
     assert!(second.ready);
-    assert_eq!(m.mutations().len(), mutations, "{:#?}", &m.mutations()[mutations..]);
+    assert_eq!(
+        m.mutations().len(),
+        mutations,
+        "{:#?}",
+        &m.mutations()[mutations..]
+    );
     for step in &second.steps {
         assert_eq!(step.result, StepResult::Unchanged, "{step:#?}");
     }
     let mut after = snapshot(&m, false);
     // Only the status file is rewritten (its times); everything else byte for byte.
     let status_rel = "var/lib/regimage/out/status.json".to_string();
-    after.files.insert(status_rel.clone(), before.files[&status_rel].clone());
+    after
+        .files
+        .insert(status_rel.clone(), before.files[&status_rel].clone());
     assert_eq!(after, before);
-    let fps = |s: &Status| s.certificates.iter().map(|c| c.sha256.clone()).collect::<Vec<_>>();
+    let fps = |s: &Status| {
+        s.certificates
+            .iter()
+            .map(|c| c.sha256.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(fps(&first), fps(&second));
     assert_eq!(m.fake.migrations.get(), 1);
 }
@@ -352,7 +472,10 @@ fn kill_before_any_change_then_rerun_ends_like_a_clean_run() {
         m.fake.crash_at.set(Some(k));
         let e = m.run().unwrap_err();
         assert!(format!("{e:#}").contains("injected crash"), "{e:#}");
-        assert!(!m.path(render::FIRSTBOOT_DONE_PATH).exists(), "marker after a crash at {k}");
+        assert!(
+            !m.path(render::FIRSTBOOT_DONE_PATH).exists(),
+            "marker after a crash at {k}"
+        );
         m.fake.crash_at.set(None);
         let status = m.run().unwrap();
         assert!(status.ready);
@@ -361,6 +484,10 @@ fn kill_before_any_change_then_rerun_ends_like_a_clean_run() {
             clean,
             "killed before change {k} ({})",
             changes[k - 1]
+        );
+        assert!(
+            m.fake.migrations.get() >= 1,
+            "podman system migrate forgotten"
         );
         // No duplicate rules or subuid lines after the crash either.
         let subuid = std::fs::read_to_string(m.path("/etc/subuid")).unwrap();
@@ -380,7 +507,10 @@ fn kill_between_ca_key_and_certificate_is_recovered() {
     let status = m.run().unwrap();
     assert!(status.ready);
     assert!(paths.client_ca_cert.is_file());
-    assert_ne!(std::fs::read_to_string(&paths.client_ca_key).unwrap(), orphan);
+    assert_ne!(
+        std::fs::read_to_string(&paths.client_ca_key).unwrap(),
+        orphan
+    );
     let pki_step = &status.steps[1];
     assert!(
         pki_step.changes.iter().any(|c| c.contains("never written")),
@@ -399,10 +529,13 @@ fn digest_mismatch_stops_before_anything_starts() {
     let other = format!("sha256:{}", "ab".repeat(32));
     m.config.registry.image = format!("docker.io/library/registry@{other}");
     let e = m.run().unwrap_err();
-    let mismatch = e.chain().find_map(|c| c.downcast_ref::<DigestMismatch>());
+    let mismatch = e.chain().find_map(|c| c.downcast_ref::<PinMismatch>());
     assert!(mismatch.is_some(), "{e:#}");
     let text = format!("{e:#}");
-    assert!(text.contains(&other) && text.contains(&m.archive.amd64_manifest), "{text}");
+    assert!(
+        text.contains(&other) && text.contains(&m.archive.amd64_manifest),
+        "{text}"
+    );
     assert!(text.contains("registry-image"), "names the step: {text}");
     let calls = m.mutations();
     assert!(
@@ -413,10 +546,15 @@ fn digest_mismatch_stops_before_anything_starts() {
             || (c.starts_with("start_unit") && !c.contains("user@"))),
         "{calls:#?}"
     );
-    assert_eq!(std::fs::read(m.path(IMAGE_ARCHIVE_PATH)).unwrap(), m.archive.bytes);
+    assert_eq!(
+        std::fs::read(m.path(IMAGE_ARCHIVE_PATH)).unwrap(),
+        m.archive.bytes
+    );
     assert!(!m.path(render::FIRSTBOOT_DONE_PATH).exists());
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(m.path("/var/lib/regimage/out/status.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(m.path("/var/lib/regimage/out/status.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(json["ready"], false);
     assert!(json["error"].as_str().unwrap().contains(&other));
     let steps = json["steps"].as_array().unwrap();
@@ -429,8 +567,14 @@ fn loaded_image_must_have_the_pinned_id() {
     let m = machine(true);
     *m.fake.load_yields.borrow_mut() = "0".repeat(64);
     let e = format!("{:#}", m.run().unwrap_err());
-    assert!(e.contains(&format!("no image with ID {}", m.archive.amd64_config)), "{e}");
-    assert!(!m.mutations().iter().any(|c| c.starts_with("podman_tag") || c.starts_with("start_unit User")));
+    assert!(
+        e.contains(&format!("no image with ID {}", m.archive.amd64_config)),
+        "{e}"
+    );
+    assert!(!m
+        .mutations()
+        .iter()
+        .any(|c| c.starts_with("podman_tag") || c.starts_with("start_unit User")));
 }
 
 #[test]
@@ -438,7 +582,9 @@ fn without_an_archive_the_pinned_image_is_pulled() {
     let m = machine(false);
     let status = m.run().unwrap();
     let pinned = m.config.registry.image.clone();
-    assert!(m.mutations().contains(&format!("podman_pull registry {pinned}")));
+    assert!(m
+        .mutations()
+        .contains(&format!("podman_pull registry {pinned}")));
     let image = status.image.unwrap();
     assert_eq!(image.source, "pull");
     assert_eq!(image.id, format!("sha256:{}", "f00d".repeat(16)));
@@ -451,11 +597,12 @@ fn without_an_archive_the_pinned_image_is_pulled() {
 fn dry_run_on_a_fresh_machine_changes_nothing_and_says_what_it_would_do() {
     let m = machine(true);
     let before = snapshot(&m, false);
-    let status = m.run_with(&Options {
-        dry_run: true,
-        ..opts()
-    })
-    .unwrap();
+    let status = m
+        .run_with(&Options {
+            dry_run: true,
+            ..opts()
+        })
+        .unwrap();
     assert_eq!(m.mutations(), Vec::<String>::new());
     assert_eq!(snapshot(&m, false), before);
     assert!(!status.ready);
@@ -485,11 +632,12 @@ fn dry_run_on_a_ready_machine_finds_nothing_to_do() {
     m.run().unwrap();
     let before = snapshot(&m, false);
     let count = m.mutations().len();
-    let status = m.run_with(&Options {
-        dry_run: true,
-        ..opts()
-    })
-    .unwrap();
+    let status = m
+        .run_with(&Options {
+            dry_run: true,
+            ..opts()
+        })
+        .unwrap();
     assert_eq!(m.mutations().len(), count);
     assert_eq!(snapshot(&m, false), before);
     for step in &status.steps {
@@ -501,13 +649,17 @@ fn dry_run_on_a_ready_machine_finds_nothing_to_do() {
 fn dry_run_reports_a_wrong_archive() {
     let mut m = machine(true);
     m.config.registry.image = format!("docker.io/library/registry@sha256:{}", "cd".repeat(32));
-    let status = m.run_with(&Options {
-        dry_run: true,
-        ..opts()
-    })
-    .unwrap();
+    let status = m
+        .run_with(&Options {
+            dry_run: true,
+            ..opts()
+        })
+        .unwrap();
     let report = dry_run_report(&status);
-    assert!(report.contains("cannot tell") && report.contains("pins sha256:cdcd"), "{report}");
+    assert!(
+        report.contains("cannot tell") && report.contains("pins sha256:cdcd"),
+        "{report}"
+    );
     // It goes on with the later steps.
     assert_eq!(status.steps.len(), STEPS.len());
     assert_eq!(m.mutations(), Vec::<String>::new());
@@ -528,7 +680,10 @@ fn registry_that_never_answers_fails_health_with_where_to_look() {
     let uid = m.user("registry").uid;
     assert!(e.contains("the registry is not up"), "{e}");
     assert!(e.contains("within 30 s"), "{e}");
-    assert!(e.contains("systemctl --user -M registry@ status registry.service"), "{e}");
+    assert!(
+        e.contains("systemctl --user -M registry@ status registry.service"),
+        "{e}"
+    );
     assert!(e.contains(&format!("journalctl -b _UID={uid}")), "{e}");
     assert!(m.fake.elapsed() >= Duration::from_secs(30));
     assert!(m.fake.elapsed() < Duration::from_secs(40), "bounded");
@@ -554,6 +709,22 @@ fn proxy_that_never_answers_names_the_proxy() {
     assert!(e.contains("the TLS proxy is not up"), "{e}");
     assert!(e.contains("https://reg1.example.test:443/v2/"), "{e}");
     assert!(e.contains("journalctl -b -u registry-proxy.service"), "{e}");
+}
+
+#[test]
+fn proxy_start_job_held_by_ordering_is_named() {
+    let m = machine(true);
+    m.fake.proxy_job_held.set(true);
+    let e = format!(
+        "{:#}",
+        m.run_with(&Options {
+            health_timeout: Duration::from_secs(3),
+            ..opts()
+        })
+        .unwrap_err()
+    );
+    assert!(e.contains("start job still queued"), "{e}");
+    assert!(e.contains("regimage-firstboot.service"), "{e}");
 }
 
 #[test]
@@ -616,11 +787,22 @@ fn wrong_firewall_rules_are_removed_and_none_duplicated() {
         ufw.default_input = "ACCEPT".into();
     }
     m.run().unwrap();
-    let ufw_calls: Vec<String> = m.mutations().into_iter().filter(|c| c.starts_with("ufw")).collect();
-    assert!(ufw_calls.contains(&"ufw delete allow in proto tcp from any to any port 4443".to_string()));
-    assert!(ufw_calls.contains(&"ufw delete allow in proto tcp from any to any port 5000".to_string()));
+    let ufw_calls: Vec<String> = m
+        .mutations()
+        .into_iter()
+        .filter(|c| c.starts_with("ufw"))
+        .collect();
+    assert!(
+        ufw_calls.contains(&"ufw delete allow in proto tcp from any to any port 4443".to_string())
+    );
+    assert!(
+        ufw_calls.contains(&"ufw delete allow in proto tcp from any to any port 5000".to_string())
+    );
     assert!(ufw_calls.contains(&"ufw default deny incoming".to_string()));
-    assert!(!ufw_calls.iter().any(|c| c.contains("port 2222")), "kept: {ufw_calls:#?}");
+    assert!(
+        !ufw_calls.iter().any(|c| c.contains("port 2222")),
+        "kept: {ufw_calls:#?}"
+    );
     assert!(!ufw_calls.contains(&"ufw --force enable".to_string()));
     let state = m.fake.state.borrow();
     let mut seen = std::collections::BTreeSet::new();
@@ -652,7 +834,10 @@ fn full_first_boot_with_a_root_directory_is_refused_with_a_hint() {
 #[test]
 fn only_root_runs_the_real_thing() {
     let e = check_privileges(false, false).unwrap_err().to_string();
-    assert!(e.contains("must run as root") && e.contains("--dry-run"), "{e}");
+    assert!(
+        e.contains("must run as root") && e.contains("--dry-run"),
+        "{e}"
+    );
     check_privileges(false, true).unwrap();
     check_privileges(true, false).unwrap();
 }
@@ -660,14 +845,27 @@ fn only_root_runs_the_real_thing() {
 #[test]
 fn cli_flags() {
     use clap::Parser;
-    let cli = crate::cli::Cli::try_parse_from(["regimage", "firstboot", "--dry-run", "--health-timeout", "30"]).unwrap();
+    let cli = crate::cli::Cli::try_parse_from([
+        "regimage",
+        "firstboot",
+        "--dry-run",
+        "--health-timeout",
+        "30",
+    ])
+    .unwrap();
     let crate::cli::Command::Firstboot(args) = cli.command else {
         panic!("not firstboot");
     };
     assert!(args.dry_run && !args.no_system);
     assert_eq!(args.health_timeout, 30);
-    assert!(crate::cli::Cli::try_parse_from(["regimage", "firstboot", "--dry-run", "--no-system"]).is_err());
-    assert!(crate::cli::Cli::try_parse_from(["regimage", "firstboot", "--health-timeout", "0"]).is_err());
+    assert!(
+        crate::cli::Cli::try_parse_from(["regimage", "firstboot", "--dry-run", "--no-system"])
+            .is_err()
+    );
+    assert!(
+        crate::cli::Cli::try_parse_from(["regimage", "firstboot", "--health-timeout", "0"])
+            .is_err()
+    );
     let cli = crate::cli::Cli::try_parse_from(["regimage", "firstboot"]).unwrap();
     let crate::cli::Command::Firstboot(args) = cli.command else {
         panic!("not firstboot");

@@ -72,7 +72,7 @@ pub enum UfwCommand {
         comment: String,
     },
     /// `ufw delete ...` of an existing rule that opens what must stay closed.
-    Delete(UfwRule),
+    Delete(Box<UfwRule>),
     /// `ufw default deny incoming`.
     DefaultDenyIncoming,
     /// `ufw --force enable` (no prompt: nothing reads stdin in a oneshot).
@@ -82,7 +82,9 @@ pub enum UfwCommand {
 /// Reads the rule tuples of one rules file; lines that are not tuples are skipped, and so are
 /// malformed tuples (as ufw does).
 pub fn parse_rules(text: &str, v6: bool) -> Vec<UfwRule> {
-    text.lines().filter_map(|line| parse_tuple(line, v6)).collect()
+    text.lines()
+        .filter_map(|line| parse_tuple(line, v6))
+        .collect()
 }
 
 fn parse_tuple(line: &str, v6: bool) -> Option<UfwRule> {
@@ -207,17 +209,26 @@ impl UfwRule {
 
     /// ufw's words for this rule, as `ufw delete` takes them.
     pub fn delete_args(&self) -> Vec<String> {
-        let mut args = vec!["delete".to_string()];
-        if self.route {
-            args.push("route".into());
-        }
+        // ufw's grammar: [route] delete ACTION [in|out [on IFACE]] [log|log-all] [proto P]
+        // from SRC [port P|app A] to DST [port P|app A].
+        let mut args = if self.route {
+            vec!["route".to_string(), "delete".into()]
+        } else {
+            vec!["delete".to_string()]
+        };
         args.push(self.action.clone());
+        match (&self.iface_in, &self.iface_out) {
+            (Some(i), Some(o)) => {
+                args.extend(["in".into(), "on".into(), i.clone()]);
+                args.extend(["out".into(), "on".into(), o.clone()]);
+            }
+            (Some(iface), None) | (None, Some(iface)) => {
+                args.extend([self.direction.clone(), "on".into(), iface.clone()]);
+            }
+            (None, None) => args.push(self.direction.clone()),
+        }
         if let Some(log) = &self.log {
             args.push(log.clone());
-        }
-        args.push(self.direction.clone());
-        if let Some(iface) = self.iface_in.as_ref().or(self.iface_out.as_ref()) {
-            args.extend(["on".into(), iface.clone()]);
         }
         if self.dapp.is_none() && self.sapp.is_none() && self.proto != "any" {
             args.extend(["proto".into(), self.proto.clone()]);
@@ -392,7 +403,7 @@ pub fn plan(state: &UfwState, wanted: &Wanted) -> Vec<UfwCommand> {
         let opens_closed = wanted.closed.iter().any(|p| rule.opens_port(*p));
         // One `ufw delete` removes both families of an "anywhere" rule.
         if (unwanted_push || opens_closed) && seen.insert(rule.delete_args()) {
-            commands.push(UfwCommand::Delete(rule.clone()));
+            commands.push(UfwCommand::Delete(Box::new(rule.clone())));
         }
     }
     let denies = matches!(
@@ -521,7 +532,10 @@ mod tests {
         assert_eq!(limit.action, "limit");
         assert!(limit.opens_port(2200));
         let sport = find(&all, "9999", "10.0.0.0/8", false);
-        assert_eq!((sport.sport.as_str(), sport.dst.as_str()), ("1234", "192.0.2.1"));
+        assert_eq!(
+            (sport.sport.as_str(), sport.dst.as_str()),
+            ("1234", "192.0.2.1")
+        );
         assert!(!sport.satisfies(9999, Some("10.0.0.0/8")));
         // ufw's own non-tuple lines (the iptables commands) are not rules.
         assert!(parse_rules("-A ufw-user-input -p tcp --dport 22 -j ACCEPT\n", false).is_empty());
@@ -564,7 +578,10 @@ mod tests {
 
     fn wanted() -> Wanted {
         Wanted {
-            open: vec![(22, "regimage: ssh".into()), (443, "regimage: pulls".into())],
+            open: vec![
+                (22, "regimage: ssh".into()),
+                (443, "regimage: pulls".into()),
+            ],
             restricted: Some((
                 4443,
                 vec!["10.0.0.0/8".into(), "fd00::/8".into()],
@@ -694,6 +711,45 @@ mod tests {
     }
 
     #[test]
+    fn rules_real_ufw_wrote_for_the_plan_satisfy_it() {
+        // ufw 0.36.2 ran exactly the commands of the fresh plan below (regimage's comments
+        // included) on an empty copy and wrote these files.
+        let mut rules = parse_rules(include_str!("testdata/regimage-user.rules"), false);
+        rules.extend(parse_rules(
+            include_str!("testdata/regimage-user6.rules"),
+            true,
+        ));
+        let w = Wanted {
+            open: vec![
+                (22, "regimage: ssh".into()),
+                (443, "regimage: pulls".into()),
+            ],
+            restricted: Some((
+                4443,
+                vec!["10.0.0.0/8".into(), "fd00::/8".into()],
+                "regimage: pushes (mTLS)".into(),
+            )),
+            closed: vec![5000],
+        };
+        let fresh = UfwState {
+            enabled: true,
+            default_input: "DROP".into(),
+            ipv6: true,
+            rules: Vec::new(),
+        };
+        let commands = plan(&fresh, &w);
+        assert_eq!(commands.len(), 4);
+        // The fake stores what real ufw stored, comments and all.
+        let mut stored: Vec<UfwRule> = commands.iter().flat_map(|c| c.stored_rules(true)).collect();
+        stored.sort();
+        let mut real = rules.clone();
+        real.sort();
+        assert_eq!(stored, real);
+        let state = UfwState { rules, ..fresh };
+        assert_eq!(plan(&state, &w), []);
+    }
+
+    #[test]
     fn delete_args_read_like_ufw_commands() {
         let all = rules();
         let args = |r: &UfwRule| r.delete_args().join(" ");
@@ -707,7 +763,7 @@ mod tests {
         );
         assert_eq!(
             args(find(&all, "2222", "0.0.0.0/0", false)),
-            "delete allow log in proto tcp from any to any port 2222"
+            "delete allow in log proto tcp from any to any port 2222"
         );
         assert_eq!(
             args(find(&all, "9999", "10.0.0.0/8", false)),
@@ -717,7 +773,15 @@ mod tests {
             .iter()
             .find(|r| r.dapp.as_deref() == Some("WWW Full"))
             .unwrap();
-        assert_eq!(args(app), "delete allow in from 10.0.0.0/8 to any app WWW Full");
+        assert_eq!(
+            args(app),
+            "delete allow in from 10.0.0.0/8 to any app WWW Full"
+        );
+        // Each of these removed exactly its rules when run with ufw 0.36.2 on the fixture.
+        assert_eq!(
+            args(find(&all, "53", "0.0.0.0/0", false)),
+            "route delete allow in on eth0 out on eth1 from any to any port 53"
+        );
     }
 
     #[test]

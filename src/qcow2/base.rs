@@ -41,9 +41,9 @@ pub fn cache_dir() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let home = std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .context("neither XDG_CACHE_HOME nor HOME is set; cannot place the base image cache")?;
+            let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context(
+                "neither XDG_CACHE_HOME nor HOME is set; cannot place the base image cache",
+            )?;
             PathBuf::from(home).join(".cache")
         }
     };

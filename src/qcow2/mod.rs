@@ -18,8 +18,8 @@
 pub mod base;
 pub mod progress;
 pub mod qemu;
-pub mod serial;
 pub mod seed;
+pub mod serial;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -145,11 +145,12 @@ pub fn bake_with(
     let genisoimage = seed::genisoimage()?;
 
     let pin = config.image_ref()?;
-    let archive = crate::oci_archive::inspect_pinned(&opts.archive, &pin.digest)
-        .map_err(|e| match e.downcast::<crate::oci_archive::PinMismatch>() {
+    let archive = crate::oci_archive::inspect_pinned(&opts.archive, &pin.digest).map_err(|e| {
+        match e.downcast::<crate::oci_archive::PinMismatch>() {
             Ok(m) => anyhow::Error::new(crate::cli::UsageError(m.to_string())),
             Err(e) => e,
-        })?;
+        }
+    })?;
     progress.note(&format!(
         "registry image archive {}: manifest {} matches registry.image",
         opts.archive.display(),
@@ -195,9 +196,8 @@ pub fn bake_with(
         archive_sha256: drive.sha256.clone(),
     };
     let payload = BinaryPayload::Embedded(opts.binary.clone());
-    let user_data =
-        cloudinit::build_user_data_for(config, files, &payload, opts.distro, &mode)
-            .context("building the bake's cloud-config")?;
+    let user_data = cloudinit::build_user_data_for(config, files, &payload, opts.distro, &mode)
+        .context("building the bake's cloud-config")?;
     let seed_iso = seed::make_seed_iso(
         &genisoimage,
         work.path(),
@@ -206,13 +206,12 @@ pub fn bake_with(
     )?;
     let prepare = started.elapsed();
     progress.note(&format!(
-        "prepared in {}: base {} ({}, {} virtual), overlay {}, seed {} ({} of user-data)",
+        "prepared in {}: base {} ({}, {} virtual), overlay {}, seed with {} of user-data",
         format_duration(prepare),
         base_path.display(),
         info.format,
         format_size(info.virtual_size),
         format_size(disk_size),
-        seed_iso.display(),
         format_size(user_data.text.len() as u64),
     ));
     check(progress)?;
@@ -298,14 +297,18 @@ pub fn bake_with(
                 progress.clear();
                 let why = match &outcome.observed.failure {
                     Some(failure) => format!("the guest reported: {failure}"),
+                    None if outcome.observed.done => format!(
+                        "the guest finished, but QEMU exited with {status} instead of a clean \
+                         power-off"
+                    ),
                     None => match &outcome.observed.step {
                         Some(step) => format!(
                             "QEMU exited ({status}) without the guest's success line; its \
                              last step: {step}"
                         ),
-                        None => format!(
-                            "QEMU exited ({status}) before the guest printed any bake step"
-                        ),
+                        None => {
+                            format!("QEMU exited ({status}) before the guest printed any bake step")
+                        }
                     },
                 };
                 bail!(
@@ -437,7 +440,10 @@ mod tests {
         std::fs::write(&log, text).unwrap();
         let d = failure_details(&log, "qemu: terminating");
         assert!(d.contains("last 30 lines"), "{d}");
-        assert!(d.contains("console 39") && !d.contains("console 9\n"), "{d}");
+        assert!(
+            d.contains("console 39") && !d.contains("console 9\n"),
+            "{d}"
+        );
         assert!(d.contains("QEMU said: qemu: terminating"));
         assert!(d.ends_with(&log.display().to_string()));
         let d = failure_details(&dir.path().join("missing"), "");

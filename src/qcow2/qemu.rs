@@ -69,7 +69,8 @@ impl AccelKind {
 
 /// The KVM device opens read-write (the test QEMU needs). `Err` says why not.
 pub fn kvm_device_usable() -> Result<(), String> {
-    let device = std::env::var_os(KVM_DEVICE_ENV).map_or_else(|| PathBuf::from(KVM_DEVICE), PathBuf::from);
+    let device =
+        std::env::var_os(KVM_DEVICE_ENV).map_or_else(|| PathBuf::from(KVM_DEVICE), PathBuf::from);
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -162,7 +163,10 @@ pub fn image_info(qemu_img: &Path, image: &Path) -> Result<ImageInfo> {
 /// The formats a base may have, and why others are refused.
 pub fn check_base_format(info: &ImageInfo, path: &Path) -> Result<()> {
     if info.encrypted == Some(true) {
-        bail!("{} is encrypted; the bake needs a plain image", path.display());
+        bail!(
+            "{} is encrypted; the bake needs a plain image",
+            path.display()
+        );
     }
     match info.format.as_str() {
         "qcow2" | "raw" => Ok(()),
@@ -186,7 +190,10 @@ pub fn create_overlay(
     size: u64,
 ) -> Result<()> {
     if !base.is_absolute() {
-        bail!("the backing file {} must be an absolute path", base.display());
+        bail!(
+            "the backing file {} must be an absolute path",
+            base.display()
+        );
     }
     Command::new(qemu_img)
         .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
@@ -397,7 +404,12 @@ pub fn run_vm(
                     break VmEnd::KvmFailed(line);
                 }
                 if !status.success() && !watch.observed.kernel_started {
-                    let last = log.lines().last().unwrap_or("no message").trim().to_string();
+                    let last = log
+                        .lines()
+                        .last()
+                        .unwrap_or("no message")
+                        .trim()
+                        .to_string();
                     break VmEnd::KvmFailed(format!(
                         "QEMU exited with {status} before the guest's kernel started: {last}"
                     ));
@@ -456,9 +468,7 @@ pub fn convert_compressed(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr_child));
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
+    let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let mut guard = VmGuard { child: Some(child) };
     loop {
         if interrupted.load(Ordering::SeqCst) {
@@ -504,7 +514,10 @@ mod tests {
         assert!(tcg.contains("-serial file:/out/x.serial.log"));
         assert!(tcg.contains("-display none"));
         assert!(!tcg.contains("-nographic"));
-        assert!(tcg.contains("file=/w/a,,b/overlay.qcow2,format=qcow2"), "{tcg}");
+        assert!(
+            tcg.contains("file=/w/a,,b/overlay.qcow2,format=qcow2"),
+            "{tcg}"
+        );
         assert!(tcg.contains("serial=regimage-archive"));
         assert!(tcg.contains("file=/w/archive.img,format=raw,readonly=on"));
         assert!(tcg.contains("file=/w/seed.iso,format=raw,readonly=on"));
@@ -535,7 +548,8 @@ mod tests {
 
     #[test]
     fn image_info_parsing_and_formats() {
-        let json = br#"{"virtual-size": 2147483648, "filename": "base.qcow2", "cluster-size": 65536,
+        let json =
+            br#"{"virtual-size": 2147483648, "filename": "base.qcow2", "cluster-size": 65536,
             "format": "qcow2", "actual-size": 140115968, "dirty-flag": false,
             "format-specific": {"type": "qcow2", "data": {"compat": "1.1"}}}"#;
         let info = parse_image_info(json).unwrap();
@@ -561,6 +575,9 @@ mod tests {
     fn tools_are_found_or_named() {
         assert!(find_tool("sh", "dash").is_ok());
         let e = find_tool("regimage-no-such-tool", "some-package").unwrap_err();
-        assert!(e.to_string().contains("apt-get install some-package"), "{e}");
+        assert!(
+            e.to_string().contains("apt-get install some-package"),
+            "{e}"
+        );
     }
 }

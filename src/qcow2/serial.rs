@@ -73,9 +73,7 @@ impl SerialWatch {
         let mut file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("opening {}", self.path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", self.path.display())),
         };
         let len = file
             .metadata()
@@ -171,12 +169,16 @@ mod tests {
         assert_eq!(o.step.as_deref(), Some("copying the archive"));
         assert!(!o.done);
         // A prefix in the middle of a line (a console timestamp) still counts.
-        o.observe(&format!("[  80.1] cloud-init[812]: {BAKE_PROGRESS_PREFIX}{BAKE_DONE_STEP}"));
+        o.observe(&format!(
+            "[  80.1] cloud-init[812]: {BAKE_PROGRESS_PREFIX}{BAKE_DONE_STEP}"
+        ));
         assert!(o.done);
         assert!(o.failure.is_none());
 
         let mut o = Observed::default();
-        o.observe(&format!("{BAKE_PROGRESS_PREFIX}{BAKE_FAILED_STEP}: packages not installed"));
+        o.observe(&format!(
+            "{BAKE_PROGRESS_PREFIX}{BAKE_FAILED_STEP}: packages not installed"
+        ));
         o.observe(&format!("{BAKE_PROGRESS_PREFIX}{BAKE_FAILED_STEP}: second"));
         assert_eq!(
             o.failure.as_deref(),
@@ -197,7 +199,11 @@ mod tests {
         let mut w = SerialWatch::new(&path);
         w.poll().unwrap(); // missing file: nothing yet
         let mut f = File::create(&path).unwrap();
-        write!(f, "boot\n{BAKE_PROGRESS_PREFIX}one\n{BAKE_PROGRESS_PREFIX}tw").unwrap();
+        write!(
+            f,
+            "boot\n{BAKE_PROGRESS_PREFIX}one\n{BAKE_PROGRESS_PREFIX}tw"
+        )
+        .unwrap();
         w.poll().unwrap();
         assert_eq!(w.observed.step.as_deref(), Some("one"));
         writeln!(f, "o").unwrap();

@@ -44,7 +44,10 @@ pub fn require_tool(tool: &str, package: &str) {
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false)
         || Path::new(tool).is_file();
-    assert!(found, "{tool} is missing: install the Debian package {package} (.ci/run does)");
+    assert!(
+        found,
+        "{tool} is missing: install the Debian package {package} (.ci/run does)"
+    );
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -106,8 +109,11 @@ pub fn make_oci_layout(dir: &Path, tag: &str, text: &str) -> String {
                        "digest": manifest_digest, "size": manifest_size,
                        "annotations": {"org.opencontainers.image.ref.name": tag}}],
     });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("index"))
-        .expect("writing index.json");
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("index"),
+    )
+    .expect("writing index.json");
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
         .expect("writing oci-layout");
     manifest_digest
