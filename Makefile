@@ -1,7 +1,7 @@
 # regimage: `make test` is what CI runs (through .ci/run, which installs the packages first).
 CARGO ?= cargo
 
-.PHONY: all build release user-data test lint unit fmt clean
+.PHONY: all build release user-data test lint unit e2e fmt clean
 
 all: build
 
@@ -24,8 +24,18 @@ lint:
 
 # Unit tests, the CLI and user-data tests, and the root-only tests with real nginx,
 # the Distribution registry, skopeo and cloud-init (marked #[ignore] for plain `cargo test`).
+# The VM tests (tests/e2e.rs) are left to `make e2e`: they take tens of minutes.
 unit:
-	$(CARGO) test --all-targets -- --include-ignored
+	$(CARGO) test --all-targets -- --include-ignored --skip e2e_
+
+# The booted-VM end-to-end test (root; QEMU under TCG; builds or reuses image/'s cached
+# Debian base and registry fixture): the user-data path and the qcow2 path, one VM at a
+# time. Stage timings: target/e2e-timings.json.
+# The guest gets the release binary (8 MB; a debug one is 160 MB and slow under TCG).
+e2e:
+	$(CARGO) build --release
+	REGIMAGE_E2E_BINARY="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/regimage" \
+	  $(CARGO) test --test e2e -- --ignored --test-threads=1 --nocapture
 
 test: lint unit
 

@@ -498,15 +498,18 @@ cloud-init clean --logs --machine-id --seed --configs network \
   || cloud-init clean --logs --machine-id --seed \
   || fail "cloud-init clean failed"
 # Host-unique files: SSH host keys, the ssl-cert package's snakeoil pair, systemd's random
-# seed and credential secret; each machine makes its own.
+# seed and credential secret; each machine makes its own. systemd-random-seed.service
+# saves a new seed when it stops: stopped now, it does not write one at power-off.
+systemctl stop systemd-random-seed.service >/dev/null 2>&1 || true
 rm -f /etc/ssh/ssh_host_* /etc/ssl/private/ssl-cert-snakeoil.key \
   /etc/ssl/certs/ssl-cert-snakeoil.pem /var/lib/systemd/random-seed \
   /var/lib/systemd/credential.secret
 test -L /var/lib/dbus/machine-id || rm -f /var/lib/dbus/machine-id
 apt-get clean
 rm -rf /var/lib/apt/lists/*
-journalctl --rotate >/dev/null 2>&1 || true
-journalctl --vacuum-time=1s >/dev/null 2>&1 || true
+# The bake's journal (its machine-id's directory): journald writes to /run from here on.
+journalctl --relinquish-var >/dev/null 2>&1 || true
+rm -rf /var/log/journal/*
 left=$(find /etc /root /var/lib/regimage -xdev -type f \( -name 'ssh_host_*' -o -name '*.key' \
   -o -path '/etc/ssl/private/*' -o -path '/etc/registry/certs/*' \) 2>/dev/null)
 test -z "$left" || fail "key or certificate files are left in the image: $left"
@@ -898,6 +901,8 @@ mod tests {
             "rm -f /etc/ssh/ssh_host_*",
             "grep -qx uninitialized /etc/machine-id",
             "systemctl poweroff",
+            "systemctl stop systemd-random-seed.service",
+            "journalctl --relinquish-var",
             BAKE_PAYLOAD_DONE,
         ] {
             assert!(script.contains(needed), "{needed} missing");

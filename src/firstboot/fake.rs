@@ -385,6 +385,9 @@ impl System for FakeSystem {
                 let private = self.runtime_dir(uid).join("systemd");
                 std::fs::create_dir_all(&private).context("making the fake runtime dir")?;
                 std::fs::write(private.join("private"), b"").context("making the fake socket")?;
+                // The user's D-Bus socket (dbus-user-session), which `systemctl -M` uses.
+                std::fs::write(self.runtime_dir(uid).join("bus"), b"")
+                    .context("making the fake bus socket")?;
             }
             Manager::System if self.proxy_job_held.get() => return Ok(()),
             Manager::System => {

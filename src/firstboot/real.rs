@@ -1,13 +1,18 @@
 //! [`System`] on the running host: users through the passwd database and useradd,
 //! logind and systemd over D-Bus (zbus, blocking), ufw, Podman and curl as commands.
 //!
-//! Reaching the service user's systemd manager as root: root cannot use the user's bus
-//! (/run/user/UID/bus accepts only that user), so this connects to the manager's private
-//! socket /run/user/UID/systemd/private, peer to peer, the way `systemctl` itself does when
-//! run as root: systemd checks the peer credentials there and accepts uid 0. No message bus,
-//! no helper process as the user, no `su` without XDG_RUNTIME_DIR.
+//! Reaching the service user's systemd manager as root: `systemctl --user -M UID@`, which
+//! runs systemd-stdio-bridge as that user in a transient unit and talks to the user's bus
+//! through it (no `su`, no XDG_RUNTIME_DIR games). Measured in a Debian 13 guest (systemd
+//! 257), the two direct ways fail: zbus on the manager's private socket
+//! /run/user/UID/systemd/private panics, because systemd marks every message on a private
+//! connection with the sender `org.freedesktop.systemd1` (sd_bus_set_sender), which zbus 5
+//! rejects as "Invalid unique name" inside its executor thread; and `systemctl --user` as
+//! root with the user's XDG_RUNTIME_DIR refuses ("Operation not permitted (consider using
+//! --machine=<user>@.host --user ...)"). The system manager stays on D-Bus (zbus).
 
 use std::cell::RefCell;
+#[cfg(test)]
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -114,19 +119,86 @@ impl RealSystem {
         *self.system_bus.borrow_mut() = Some(conn.clone());
         Ok(conn)
     }
+}
 
-    /// A connection to `manager`: the system bus, or the user manager's private socket.
-    fn manager_connection(&self, manager: Manager) -> Result<Connection> {
-        match manager {
-            Manager::System => self.system_bus(),
-            Manager::User(uid) => {
-                connect_private(Path::new(&format!("/run/user/{uid}/systemd/private")))
-            }
-        }
+/// `systemctl --user` for the user manager of `uid`, reached through `-M UID@` (see the
+/// module docs for why not the private socket).
+fn user_systemctl(uid: u32) -> Command {
+    let mut cmd = command("systemctl");
+    cmd.args(["--user", "-M", &format!("{uid}@"), "--no-ask-password"]);
+    cmd
+}
+
+/// The properties first boot reads of a unit in the user manager of `uid`.
+fn user_unit_properties(uid: u32, unit: &str) -> Result<Vec<(String, String)>> {
+    let out = user_systemctl(uid)
+        .args([
+            "show",
+            "-p",
+            "LoadState",
+            "-p",
+            "ActiveState",
+            "-p",
+            "SubState",
+        ])
+        .args(["-p", "Job", "-p", "NeedDaemonReload", unit])
+        .run_get_stdout()
+        .with_context(|| format!("reading the state of {unit} in the user manager of uid {uid}"))?;
+    Ok(parse_properties(&String::from_utf8_lossy(&out)))
+}
+
+/// `systemctl show` output: one `Key=value` per line.
+fn parse_properties(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn property<'a>(props: &'a [(String, String)], key: &str) -> &'a str {
+    props
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+fn user_unit_status(uid: u32, unit: &str) -> Result<UnitStatus> {
+    let props = user_unit_properties(uid, unit)?;
+    let load_state = property(&props, "LoadState");
+    if load_state.is_empty() {
+        anyhow::bail!(
+            "systemctl show printed no LoadState for {unit} in the user manager of uid {uid}"
+        );
     }
+    Ok(UnitStatus {
+        load_state: load_state.to_string(),
+        active_state: property(&props, "ActiveState").to_string(),
+        sub_state: property(&props, "SubState").to_string(),
+        // Set by the caller (enabled globally, see enable_unit).
+        unit_file_state: "unknown".into(),
+        // `Job=` is empty without a queued job, else the job's id.
+        job_pending: !property(&props, "Job").is_empty(),
+    })
+}
+
+fn user_start_unit(uid: u32, unit: &str) -> Result<()> {
+    // Unit files written after the manager loaded them (cloud-init) need a reload first.
+    if property(&user_unit_properties(uid, unit)?, "NeedDaemonReload") == "yes" {
+        user_systemctl(uid)
+            .arg("daemon-reload")
+            .run()
+            .with_context(|| format!("reloading the user manager of uid {uid} for {unit}"))?;
+    }
+    // --no-block: queue the start job and return, as StartUnit does.
+    user_systemctl(uid)
+        .args(["start", "--no-block", unit])
+        .run()
+        .with_context(|| format!("starting {unit} in the user manager of uid {uid}"))
 }
 
 /// A peer-to-peer connection to a systemd manager's private socket (no bus: no Hello).
+/// Only the tests use it now (a zbus server stands in for systemd there).
+#[cfg(test)]
 fn connect_private(socket: &Path) -> Result<Connection> {
     let stream = UnixStream::connect(socket)
         .with_context(|| format!("connecting to {}", socket.display()))?;
@@ -271,7 +343,10 @@ impl System for RealSystem {
     }
 
     fn unit_status(&self, manager: Manager, unit: &str) -> Result<UnitStatus> {
-        let mut status = unit_status_on(&self.manager_connection(manager)?, manager, unit)?;
+        let mut status = match manager {
+            Manager::System => unit_status_on(&self.system_bus()?, manager, unit)?,
+            Manager::User(uid) => user_unit_status(uid, unit)?,
+        };
         if let Manager::User(_) = manager {
             // Enabled the way enable_unit enables it: globally, in /etc/systemd/user.
             let out = command("systemctl")
@@ -389,13 +464,16 @@ impl System for RealSystem {
     }
 
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()> {
-        start_unit_on(&self.manager_connection(manager)?, manager, unit)
+        match manager {
+            Manager::System => start_unit_on(&self.system_bus()?, manager, unit),
+            Manager::User(uid) => user_start_unit(uid, unit),
+        }
     }
 
     fn enable_unit(&self, manager: Manager, unit: &str) -> Result<()> {
         match manager {
             Manager::System => {
-                let mgr = manager_proxy(&self.manager_connection(manager)?, manager)?;
+                let mgr = manager_proxy(&self.system_bus()?, manager)?;
                 mgr.enable_unit_files(&[unit], false, false)
                     .with_context(|| format!("enabling {unit}"))?;
                 // What `systemctl enable` does after linking: make the manager see it.
@@ -610,6 +688,21 @@ mod tests {
         drop(conn);
         done_tx.send(()).unwrap();
         server.join().unwrap();
+    }
+
+    #[test]
+    fn user_unit_properties_parse() {
+        // `systemctl --user -M 989@ show -p ...` in a Debian 13 guest: no job queued.
+        let idle = parse_properties(
+            "LoadState=loaded\nActiveState=inactive\nSubState=dead\nJob=\nNeedDaemonReload=no\n",
+        );
+        assert_eq!(property(&idle, "LoadState"), "loaded");
+        assert_eq!(property(&idle, "ActiveState"), "inactive");
+        assert_eq!(property(&idle, "Job"), "");
+        assert_eq!(property(&idle, "Missing"), "");
+        let starting = parse_properties("LoadState=loaded\nActiveState=activating\nJob=42\n");
+        assert_eq!(property(&starting, "Job"), "42");
+        assert_eq!(property(&starting, "ActiveState"), "activating");
     }
 
     #[test]

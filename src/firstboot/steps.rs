@@ -532,6 +532,9 @@ pub fn user_manager(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     let runtime = ctx.path(format!("/run/user/{}", user.uid));
     let socket = runtime.join("systemd/private");
+    // `systemctl --user -M UID@` (how real.rs reaches this manager) goes through the
+    // user's D-Bus socket (dbus-user-session), made when the manager starts its sockets.
+    let bus = runtime.join("bus");
     let sys = ctx.sys;
     ctx.wait(
         USER_MANAGER_TIMEOUT,
@@ -546,6 +549,8 @@ pub fn user_manager(ctx: &mut Ctx<'_>) -> Result<()> {
                 Some(format!("{unit} is {}", status.active_state))
             } else if !socket.exists() {
                 Some(format!("{} does not exist yet", socket.display()))
+            } else if !bus.exists() {
+                Some(format!("{} does not exist yet", bus.display()))
             } else {
                 None
             })

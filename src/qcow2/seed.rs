@@ -19,9 +19,11 @@ pub fn genisoimage() -> Result<PathBuf> {
     super::qemu::find_tool("genisoimage", "genisoimage")
 }
 
-/// meta-data of the bake: a fresh instance id, so cloud-init runs as on a new machine.
+/// meta-data of the bake: a fresh instance id, so cloud-init runs as on a new machine. No
+/// `local-hostname`: cloud-init then keeps the base's hostname, instead of leaving a bake
+/// name in /etc/hostname for clouds that do not set one.
 pub fn meta_data(instance_id: &str) -> String {
-    format!("instance-id: {instance_id}\nlocal-hostname: regimage-bake\n")
+    format!("instance-id: {instance_id}\n")
 }
 
 /// An instance id that differs from run to run (time and process id; not a secret).
@@ -135,6 +137,6 @@ mod tests {
         assert!(a.starts_with("regimage-bake-"));
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert_ne!(a, instance_id());
-        assert!(meta_data("x").starts_with("instance-id: x\n"));
+        assert_eq!(meta_data("x"), "instance-id: x\n");
     }
 }

@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
+pub mod vm;
+
 /// The regimage binary cargo built for this test run.
 pub fn regimage() -> Command {
     Command::new(env!("CARGO_BIN_EXE_regimage"))

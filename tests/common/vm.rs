@@ -1,0 +1,822 @@
+//! Booting test VMs: the cached Debian 13 base and registry fixture from image/, seed ISOs,
+//! copy-on-write overlays, QEMU under TCG (KVM is broken on these machines), SSH into the
+//! guest as cloud-init's default user, the serial console, host-side helper servers (a
+//! Distribution registry as the pinned image's mirror, a one-file HTTP server), and the
+//! timings file. One VM at a time: every VM run holds image/'s machine-wide lock
+//! ($REGIMAGE_TEST_CACHE/.vm.lock), as boot-smoke.sh and the bake do.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{output, run_ok, s};
+
+/// The repository (where image/ lives).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// image/'s cache root (boot-smoke.sh's lock lives there).
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("REGIMAGE_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/regimage-test"))
+}
+
+/// Seconds since `t`, one decimal, for progress lines and timings.
+pub fn secs(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 10.0).round() / 10.0
+}
+
+/// A progress line on stderr (cargo test shows it with --nocapture).
+pub fn progress(msg: &str) {
+    let now = time::OffsetDateTime::now_utc();
+    eprintln!(
+        "{:02}:{:02}:{:02} [e2e] {msg}",
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+}
+
+// ---- timings --------------------------------------------------------------------------------
+
+/// Stage timings of one test, printed as they come and merged into target/e2e-timings.json
+/// under the test's name (other tests' entries are kept).
+pub struct Timings {
+    test: String,
+    stages: Vec<(String, serde_json::Value)>,
+}
+
+static TIMINGS_FILE: Mutex<()> = Mutex::new(());
+
+impl Timings {
+    pub fn new(test: &str) -> Timings {
+        Timings {
+            test: test.to_string(),
+            stages: Vec::new(),
+        }
+    }
+
+    /// Records `seconds` for `stage`, prints it, and rewrites the file (so a test that fails
+    /// later still leaves what it measured).
+    pub fn record(&mut self, stage: &str, seconds: f64) {
+        progress(&format!("timing: {stage}: {seconds:.1} s"));
+        self.put(stage, serde_json::json!(seconds));
+    }
+
+    /// Records any other fact (a size, a cache hit) next to the timings.
+    pub fn put(&mut self, key: &str, value: serde_json::Value) {
+        self.stages.retain(|(k, _)| k != key);
+        self.stages.push((key.to_string(), value));
+        self.save();
+    }
+
+    pub fn path() -> PathBuf {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        target.join("e2e-timings.json")
+    }
+
+    fn save(&self) {
+        let _guard = TIMINGS_FILE.lock().unwrap_or_else(|e| e.into_inner());
+        let path = Timings::path();
+        let mut all: serde_json::Map<String, serde_json::Value> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut mine = serde_json::Map::new();
+        for (k, v) in &self.stages {
+            mine.insert(k.clone(), v.clone());
+        }
+        all.insert(self.test.clone(), serde_json::Value::Object(mine));
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let text = serde_json::to_vec_pretty(&all).expect("encoding timings");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+}
+
+// ---- test inputs from image/ ----------------------------------------------------------------
+
+/// The cached inputs image/ builds.
+pub struct Inputs {
+    pub base: PathBuf,
+    pub fixture: PathBuf,
+    /// The fixture's manifest digest (pin it as registry.image).
+    pub manifest_digest: String,
+    /// The fixture's config digest (the image ID podman shows).
+    pub config_digest: String,
+}
+
+fn script_stdout(script: &str, arg: &str) -> String {
+    let out = run_ok(Command::new(repo_root().join("image").join(script)).arg(arg));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Builds (or finds in the cache) the Debian base and the registry fixture, timing both.
+pub fn inputs(timings: &mut Timings) -> Inputs {
+    for (tool, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("genisoimage", "genisoimage"),
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+        ("mmdebstrap", "mmdebstrap"),
+        ("skopeo", "skopeo"),
+        ("docker-registry", "docker-registry"),
+        ("curl", "curl"),
+        ("openssl", "openssl"),
+        ("strip", "binutils"),
+        ("flock", "util-linux"),
+    ] {
+        super::require_tool(tool, package);
+    }
+    let mut built = |script: &str, name: &str| -> PathBuf {
+        let path = PathBuf::from(script_stdout(script, "--print-path"));
+        let hit = path.is_file();
+        let t = Instant::now();
+        progress(&format!(
+            "{name}: {}",
+            if hit { "cache hit" } else { "building" }
+        ));
+        // The script reuses a cached entry itself; run it either way so a half-made cache
+        // is never trusted.
+        let out = output(&mut Command::new(repo_root().join("image").join(script)));
+        assert!(
+            out.status.success(),
+            "image/{script} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            path.is_file(),
+            "image/{script} did not leave {}",
+            path.display()
+        );
+        timings.record(&format!("{name}_seconds"), secs(t));
+        timings.put(&format!("{name}_cache_hit"), serde_json::json!(hit));
+        timings.put(
+            &format!("{name}_bytes"),
+            serde_json::json!(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)),
+        );
+        path
+    };
+    let base = built("build-debian-base.sh", "base");
+    let fixture = built("build-registry-fixture.sh", "fixture");
+    let dir = fixture.parent().expect("fixture dir");
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap_or_else(|e| panic!("reading the fixture's {f}: {e}"))
+            .trim()
+            .to_string()
+    };
+    let inputs = Inputs {
+        base,
+        fixture: fixture.clone(),
+        manifest_digest: read("manifest-digest"),
+        config_digest: read("config-digest"),
+    };
+    assert!(inputs.manifest_digest.starts_with("sha256:"));
+    assert!(inputs.config_digest.starts_with("sha256:"));
+    inputs
+}
+
+// ---- the machine-wide VM lock ----------------------------------------------------------------
+
+/// Held while a VM of this test runs; other VM runs (boot-smoke.sh, a bake, another test)
+/// wait for it.
+pub struct VmLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+pub fn vm_lock() -> VmLock {
+    let root = cache_root();
+    std::fs::create_dir_all(&root).expect("creating the test cache root");
+    let path = root.join(".vm.lock");
+    let file = File::create(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => return VmLock { _lock: lock },
+        Err((file, _)) => file,
+    };
+    progress(&format!(
+        "another VM run holds {}; waiting for it",
+        path.display()
+    ));
+    let t = Instant::now();
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", path.display()));
+    progress(&format!("got the VM lock after {:.0} s", secs(t)));
+    VmLock { _lock: lock }
+}
+
+// ---- host-side helpers ----------------------------------------------------------------------
+
+/// A background process killed (TERM, then KILL) when dropped.
+pub struct Background {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Background {
+    pub fn start(name: &str, cmd: &mut Command, log: &Path) -> Background {
+        let file = File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let err = file.try_clone().expect("cloning a log handle");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Background {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until 127.0.0.1:`port` accepts connections.
+    pub fn wait_for_port(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if !self.running() {
+                panic!("{} exited:\n{}", self.name, self.log_text());
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{} did not listen on {port}:\n{}",
+            self.name,
+            self.log_text()
+        );
+    }
+
+    /// SIGKILL now (a VM "power cut").
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if !self.running() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        if !self.wait_exit(Duration::from_secs(10)) {
+            self.kill_hard();
+        }
+    }
+}
+
+/// Debian's Distribution registry on 127.0.0.1:`port` (plain HTTP) holding the fixture as
+/// `library/registry:2`: the pinned image's mirror. The guest reaches it as 10.0.2.2:`port`.
+pub fn start_mirror(work: &Path, port: u16, fixture: &Path, manifest_digest: &str) -> Background {
+    let data = work.join("mirror-data");
+    std::fs::create_dir_all(&data).expect("creating the mirror's storage");
+    let yml = work.join("mirror.yml");
+    std::fs::write(
+        &yml,
+        format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            s(&data)
+        ),
+    )
+    .expect("writing the mirror's config");
+    let mut mirror = Background::start(
+        "mirror registry",
+        Command::new("docker-registry").arg("serve").arg(&yml),
+        &work.join("mirror.log"),
+    );
+    mirror.wait_for_port(port);
+    run_ok(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci-archive:{}", s(fixture)),
+        &format!("docker://127.0.0.1:{port}/library/registry:2"),
+    ]));
+    let out = run_ok(Command::new("skopeo").args([
+        "--insecure-policy",
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://127.0.0.1:{port}/library/registry@{manifest_digest}"),
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        manifest_digest,
+        "the mirror does not serve the fixture by its pinned digest"
+    );
+    mirror
+}
+
+/// A one-file HTTP server on 127.0.0.1 (GET /NAME answers the file, anything else 404):
+/// the guest downloads the regimage binary from it (`--binary-url`). Stops when dropped.
+pub struct FileServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FileServer {
+    pub fn start(name: &str, file: &Path) -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the file server");
+        let port = listener.local_addr().expect("file server address").port();
+        listener
+            .set_nonblocking(true)
+            .expect("making the file server non-blocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, requests2) = (stop.clone(), requests.clone());
+        let want = format!("/{name}");
+        let body =
+            std::fs::read(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = serve_one(stream, &want, &body, &requests2);
+            }
+        });
+        FileServer {
+            port,
+            stop,
+            requests,
+        }
+    }
+
+    /// The request lines served so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+fn serve_one(
+    stream: TcpStream,
+    want: &str,
+    body: &[u8],
+    requests: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    if let Ok(mut r) = requests.lock() {
+        r.push(request.trim().to_string());
+    }
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let mut stream = stream;
+    if (method == "GET" || method == "HEAD") && path == want {
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        if method == "GET" {
+            stream.write_all(body)?;
+        }
+    } else {
+        stream.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
+    }
+    stream.flush()
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether 127.0.0.1:`port` can be bound right now.
+pub fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+// ---- guest inputs ---------------------------------------------------------------------------
+
+/// A fresh SSH key pair for the guest's default user.
+pub struct SshKey {
+    pub private: PathBuf,
+    pub public: String,
+}
+
+pub fn ssh_key(dir: &Path) -> SshKey {
+    let private = dir.join("id_ed25519");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "regimage-e2e", "-f"])
+            .arg(&private),
+    );
+    let public = std::fs::read_to_string(dir.join("id_ed25519.pub"))
+        .expect("reading the public key")
+        .trim()
+        .to_string();
+    SshKey { private, public }
+}
+
+/// A NoCloud seed ISO (volume id `cidata`) with this user-data and meta-data.
+pub fn seed_iso(dir: &Path, user_data: &str, meta_data: &str) -> PathBuf {
+    let seed = dir.join("seed");
+    std::fs::create_dir_all(&seed).expect("creating the seed dir");
+    std::fs::write(seed.join("user-data"), user_data).expect("writing user-data");
+    std::fs::write(seed.join("meta-data"), meta_data).expect("writing meta-data");
+    let iso = dir.join("seed.iso");
+    run_ok(
+        Command::new("genisoimage")
+            .args(["-quiet", "-output"])
+            .arg(&iso)
+            .args(["-volid", "cidata", "-joliet", "-rock"])
+            .arg(seed.join("user-data"))
+            .arg(seed.join("meta-data")),
+    );
+    iso
+}
+
+/// A copy-on-write overlay of `base` with virtual size `size` (growpart grows the root).
+pub fn overlay(base: &Path, path: &Path, size: &str) {
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(base)
+            .arg(path)
+            .arg(size),
+    );
+}
+
+// ---- the VM ---------------------------------------------------------------------------------
+
+/// What to boot.
+pub struct VmSpec {
+    pub name: String,
+    pub disk: PathBuf,
+    pub seed: PathBuf,
+    /// (host port on 127.0.0.1, guest port); SSH is added.
+    pub forwards: Vec<(u16, u16)>,
+    /// Where serial.log and qemu.log go.
+    pub log_dir: PathBuf,
+    pub memory_mib: u32,
+}
+
+/// A running QEMU guest; killed when dropped.
+pub struct Vm {
+    pub name: String,
+    pub ssh_port: u16,
+    pub serial: PathBuf,
+    key: PathBuf,
+    qemu: Background,
+    pub started: Instant,
+}
+
+impl Vm {
+    /// Boots `spec` under TCG with user networking (a default route and DNS: the user-data
+    /// path installs packages from deb.debian.org). Hold a [`VmLock`] around it.
+    pub fn start(spec: &VmSpec, key: &SshKey) -> Vm {
+        std::fs::create_dir_all(&spec.log_dir).expect("creating the VM log dir");
+        let ssh_port = super::free_port();
+        let mut netdev = format!("user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
+        for (host, guest) in &spec.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        let serial = spec.log_dir.join("serial.log");
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-name", &spec.name])
+            .args(["-accel", "tcg,thread=multi", "-cpu", "max"])
+            .args(["-m", &spec.memory_mib.to_string(), "-smp", "2"])
+            .args(["-nodefaults", "-display", "none", "-no-user-config"])
+            .arg("-drive")
+            .arg(format!("file={},format=qcow2,if=virtio", s(&spec.disk)))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                s(&spec.seed)
+            ))
+            .args(["-netdev", &netdev])
+            .args(["-device", "virtio-net-pci,netdev=n0"])
+            .args(["-device", "virtio-rng-pci"])
+            .arg("-serial")
+            .arg(format!("file:{}", s(&serial)));
+        progress(&format!(
+            "booting {} (ssh on 127.0.0.1:{ssh_port}, forwards {:?}, serial {})",
+            spec.name,
+            spec.forwards,
+            serial.display()
+        ));
+        let qemu = Background::start(&spec.name, &mut cmd, &spec.log_dir.join("qemu.log"));
+        Vm {
+            name: spec.name.clone(),
+            ssh_port,
+            serial,
+            key: key.private.clone(),
+            qemu,
+            started: Instant::now(),
+        }
+    }
+
+    fn ssh_cmd(&self) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-i")
+            .arg(&self.key)
+            .args(["-p", &self.ssh_port.to_string()])
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "ServerAliveInterval=10",
+                "-o",
+                "ServerAliveCountMax=3",
+                "debian@127.0.0.1",
+            ]);
+        cmd
+    }
+
+    /// Runs `script` with `sh -s` as root (sudo) in the guest, feeding it on stdin (no
+    /// quoting through ssh); bounded by `timeout`.
+    pub fn root_sh_timeout(&self, script: &str, timeout: Duration) -> Output {
+        let mut cmd = Command::new("timeout");
+        cmd.arg(timeout.as_secs().to_string());
+        let ssh = self.ssh_cmd();
+        cmd.arg(ssh.get_program());
+        cmd.args(ssh.get_args());
+        cmd.arg("sudo -n sh -s");
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting ssh");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        child.wait_with_output().expect("waiting for ssh")
+    }
+
+    pub fn root_sh(&self, script: &str) -> Output {
+        self.root_sh_timeout(script, Duration::from_secs(300))
+    }
+
+    /// `script` as root; panics with its output unless it exits 0; returns stdout.
+    pub fn root_ok(&self, script: &str) -> String {
+        let out = self.root_sh(script);
+        assert!(
+            out.status.success(),
+            "in {} as root: `{}` failed with {}\nstdout:\n{}\nstderr:\n{}",
+            self.name,
+            script.trim(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A file of the guest's, read as root.
+    pub fn read_root_file(&self, path: &str) -> Vec<u8> {
+        let out = self.root_sh(&format!("cat '{path}'"));
+        assert!(
+            out.status.success(),
+            "reading {path} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    pub fn serial_text(&self) -> String {
+        let bytes = std::fs::read(&self.serial).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The serial log's size now: later waits look only past it.
+    pub fn serial_mark(&self) -> usize {
+        std::fs::metadata(&self.serial)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0)
+    }
+
+    fn serial_tail(&self, lines: usize) -> String {
+        let text = self.serial_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn assert_running(&mut self, what: &str) {
+        if !self.qemu.running() {
+            panic!(
+                "{}: qemu exited while waiting for {what}\nqemu log:\n{}\nserial tail:\n{}",
+                self.name,
+                self.qemu.log_text(),
+                self.serial_tail(40)
+            );
+        }
+    }
+
+    /// Waits (bounded) until SSH answers; returns the seconds since boot.
+    pub fn wait_ssh(&mut self, timeout: Duration) -> f64 {
+        let deadline = Instant::now() + timeout;
+        let mut last_report = Instant::now();
+        loop {
+            self.assert_running("SSH");
+            let out = self.root_sh_timeout("true", Duration::from_secs(30));
+            if out.status.success() {
+                let t = secs(self.started);
+                progress(&format!("{}: SSH up after {t:.0} s", self.name));
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no SSH within {} s\nserial tail:\n{}",
+                self.name,
+                timeout.as_secs(),
+                self.serial_tail(40)
+            );
+            if last_report.elapsed() > Duration::from_secs(30) {
+                progress(&format!(
+                    "{}: waiting for SSH ({:.0} s since boot)",
+                    self.name,
+                    secs(self.started)
+                ));
+                last_report = Instant::now();
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    /// Waits (bounded) for a serial line containing `want` past byte `from`; panics on a line
+    /// with one of `fail` (with the serial tail and what `diagnose` prints in the guest).
+    /// Every 30 s it prints the last console line, so a slow boot shows where it is.
+    pub fn wait_serial(
+        &mut self,
+        from: usize,
+        want: &str,
+        fail: &[&str],
+        timeout: Duration,
+        diagnose: &str,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut last_report = Instant::now();
+        loop {
+            let text = self.serial_text();
+            let new = text.get(from..).unwrap_or("");
+            if let Some(line) = new.lines().find(|l| l.contains(want)) {
+                return line.to_string();
+            }
+            if let Some(line) = new.lines().find(|l| fail.iter().any(|f| l.contains(f))) {
+                let diag = self.root_sh_timeout(diagnose, Duration::from_secs(120));
+                panic!(
+                    "{}: the console says {line:?}\nserial tail:\n{}\n--- diagnosis in the guest ---\n{}{}",
+                    self.name,
+                    self.serial_tail(40),
+                    String::from_utf8_lossy(&diag.stdout),
+                    String::from_utf8_lossy(&diag.stderr)
+                );
+            }
+            if Instant::now() >= deadline {
+                let diag = self.root_sh_timeout(diagnose, Duration::from_secs(120));
+                panic!(
+                    "{}: no console line with {want:?} within {} s\nserial tail:\n{}\n--- diagnosis in the guest ---\n{}{}",
+                    self.name,
+                    timeout.as_secs(),
+                    self.serial_tail(40),
+                    String::from_utf8_lossy(&diag.stdout),
+                    String::from_utf8_lossy(&diag.stderr)
+                );
+            }
+            self.assert_running(want);
+            if last_report.elapsed() > Duration::from_secs(30) {
+                let last = new
+                    .lines()
+                    .rev()
+                    .map(|l| l.trim())
+                    .find(|l| !l.is_empty())
+                    .unwrap_or("")
+                    .chars()
+                    .take(150)
+                    .collect::<String>();
+                progress(&format!(
+                    "{}: {:.0} s since boot; console: {last}",
+                    self.name,
+                    secs(self.started)
+                ));
+                last_report = Instant::now();
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// The guest's boot id (changes with every boot).
+    pub fn boot_id(&self) -> String {
+        self.root_ok("cat /proc/sys/kernel/random/boot_id")
+            .trim()
+            .to_string()
+    }
+
+    /// `systemctl reboot` in the guest, then waits for SSH on the new boot; returns the
+    /// seconds from the reboot command to SSH.
+    pub fn reboot(&mut self, timeout: Duration) -> f64 {
+        let before = self.boot_id();
+        let t = Instant::now();
+        // The connection may drop before ssh returns: its exit status says nothing.
+        let _ = self.root_sh_timeout("systemctl reboot", Duration::from_secs(30));
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_running("the reboot");
+            std::thread::sleep(Duration::from_secs(3));
+            let out = self.root_sh_timeout(
+                "cat /proc/sys/kernel/random/boot_id",
+                Duration::from_secs(30),
+            );
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() != before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: not back within {} s of the reboot\nserial tail:\n{}",
+                self.name,
+                timeout.as_secs(),
+                self.serial_tail(40)
+            );
+        }
+        let took = secs(t);
+        progress(&format!("{}: back after reboot in {took:.0} s", self.name));
+        took
+    }
+
+    /// Powers the guest off and waits for QEMU to exit (killed after `timeout`).
+    pub fn poweroff(&mut self, timeout: Duration) {
+        let _ = self.root_sh_timeout("systemctl poweroff", Duration::from_secs(30));
+        if !self.qemu.wait_exit(timeout) {
+            progress(&format!("{}: no clean poweroff; killing qemu", self.name));
+            self.qemu.kill_hard();
+        }
+    }
+
+    /// Kills QEMU at once: a power cut.
+    pub fn kill_hard(&mut self) {
+        self.qemu.kill_hard();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.qemu.pid()
+    }
+}

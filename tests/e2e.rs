@@ -1,0 +1,1156 @@
+//! The booted-VM end-to-end test (`make e2e`, root): the appliance as a user gets it, in a
+//! Debian 13 guest under QEMU/TCG, checked from the host and from inside.
+//!
+//! - `e2e_user_data`: the plain Debian 13 base (image/build-debian-base.sh) boots with a
+//!   NoCloud seed whose user-data is `regimage build --format user-data --distro debian-13`
+//!   plus an SSH key for the default user. The pinned registry image comes from a mirror on
+//!   the host (Debian's Distribution registry holding image/'s fixture, `registry.mirror`),
+//!   the regimage binary from a one-file HTTP server on the host (`--binary-url`: an
+//!   embedded debug binary would be tens of MB of YAML for cloud-init to parse under TCG).
+//! - `e2e_qcow2`: the same base baked with `regimage build --format qcow2` and the fixture
+//!   archive, booted with a seed holding only an SSH key and an instance id; then a second
+//!   VM from the same image, killed while first boot runs and booted again, finishes and has
+//!   certificates of its own.
+//!
+//! Both run the same checks: a client bundle copied off the VM pushes through the push port
+//! and pulls anonymously through the pull port; pushes to the pull port get a registry-style
+//! 403; the push port refuses clients without a certificate or with one from another CA; the
+//! registry port is not reachable from outside; inside, the registry runs rootless as the
+//! service user with a read-only root and no capabilities, key files have their modes and
+//! owners, ufw holds each rule once, status.json says ready, the registry listens on loopback
+//! only. After a reboot: same certificates, the pushed image still there, first boot skipped
+//! by its condition, registry and proxy up by themselves. Stage timings go to stderr and to
+//! target/e2e-timings.json.
+//!
+//! Ports: pull and push are 443 and 4443 when free on the host, else free high ports; the host
+//! forwards 127.0.0.1:PORT to the same guest port, so the bundle's certs.d directories
+//! (keyed HOST:PORT, host `localhost`) work unchanged on the host.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::vm::{self, progress, secs, Inputs, SshKey, Timings, Vm, VmSpec};
+use common::{output, regimage, run_ok, s, test_dir};
+
+const SERVICE_USER: &str = "registry";
+const CLIENT: &str = "ci";
+const READY: &str = "regimage: registry ready";
+/// Console lines that mean first boot (or the cloud-init part before it) failed.
+const FAILED: &[&str] = &[
+    "Failed to start regimage-firstboot",
+    "regimage-firstboot.service: Failed",
+    "regimage-firstboot.service: Main process exited, code=exited",
+    "does not match --binary-sha256",
+    "Failed to run module scripts_user",
+    // A panic in regimage (a debug build unwinds one thread and may hang the rest).
+    "panicked at",
+];
+/// What the test prints from inside the guest when first boot fails or hangs.
+const DIAGNOSE: &str = "set +e
+echo '## cloud-init status'; cloud-init status --long
+echo '## regimage-firstboot'; systemctl status --no-pager regimage-firstboot.service
+journalctl -b --no-pager -o short-monotonic -u regimage-firstboot.service | tail -n 80
+echo '## status.json'; cat /var/lib/regimage/out/status.json
+echo '## user manager'; systemctl status --no-pager 'user@*.service' | head -n 20
+uid=$(id -u registry 2>/dev/null) && journalctl -b --no-pager _UID=$uid | tail -n 60
+echo '## proxy'; systemctl status --no-pager registry-proxy.service | head -n 20
+echo '## cloud-init-output'; tail -n 40 /var/log/cloud-init-output.log
+echo '## failed units'; systemctl --failed --no-pager
+";
+const BOOT_TO_SSH: Duration = Duration::from_secs(900);
+/// From SSH to the ready line: packages from deb.debian.org under TCG, then first boot.
+const SSH_TO_READY: Duration = Duration::from_secs(1800);
+const REBOOT: Duration = Duration::from_secs(900);
+
+// ---- the host side ------------------------------------------------------------------------
+
+/// The appliance's ports as the host sees them.
+#[derive(Clone, Copy, Debug)]
+struct Ports {
+    pull: u16,
+    push: u16,
+    /// Host port forwarded to the guest's registry port (which must stay unreachable).
+    registry_probe: u16,
+}
+
+/// 443/4443 (the defaults, and the privileged-port case for the proxy) when free here.
+fn choose_ports() -> Ports {
+    let (pull, push) = if vm::port_free(443) && vm::port_free(4443) {
+        (443, 4443)
+    } else {
+        let pull = common::free_port();
+        let mut push = common::free_port();
+        while push == pull {
+            push = common::free_port();
+        }
+        progress(&format!(
+            "443 or 4443 is taken on this host: using pull {pull}, push {push}"
+        ));
+        (pull, push)
+    };
+    Ports {
+        pull,
+        push,
+        registry_probe: common::free_port(),
+    }
+}
+
+/// `localhost[:PORT]` as containers/image names the registry (443 is left off).
+fn registry_host(port: u16) -> String {
+    if port == 443 {
+        "localhost".to_string()
+    } else {
+        format!("localhost:{port}")
+    }
+}
+
+/// The site config both paths use: the name the host's clients use, the chosen ports, the
+/// fixture pinned as the registry image, and (user-data path) the host's mirror.
+fn site_config(ports: &Ports, inputs: &Inputs, mirror_port: Option<u16>) -> String {
+    let mut text = format!(
+        "hostname: localhost\nextra-names: [127.0.0.1]\nports:\n  pull: {}\n  push: {}\n\
+         clients: [{CLIENT}]\nregistry:\n  image: docker.io/library/registry@{}\n",
+        ports.pull, ports.push, inputs.manifest_digest
+    );
+    if let Some(port) = mirror_port {
+        text.push_str(&format!(
+            "  mirror: 10.0.2.2:{port}\n  mirror-insecure: true\n"
+        ));
+    }
+    text
+}
+
+/// The regimage binary the guest gets: $REGIMAGE_E2E_BINARY (`make e2e` builds the release
+/// binary: 8 MB against 160 MB for a debug build, and much faster under TCG), else a
+/// stripped copy of the binary cargo built for this test. Copied into `dir` as `regimage`.
+fn guest_binary(dir: &Path) -> PathBuf {
+    let bin = dir.join("regimage");
+    match std::env::var_os("REGIMAGE_E2E_BINARY") {
+        Some(path) => {
+            std::fs::copy(&path, &bin).unwrap_or_else(|e| {
+                panic!(
+                    "copying REGIMAGE_E2E_BINARY {}: {e}",
+                    Path::new(&path).display()
+                )
+            });
+        }
+        None => {
+            std::fs::copy(env!("CARGO_BIN_EXE_regimage"), &bin)
+                .expect("copying the regimage binary");
+            run_ok(Command::new("strip").arg(&bin));
+        }
+    }
+    // The copy must be the code under test: same version, and it runs here.
+    let out = run_ok(Command::new(&bin).arg("--version"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")),
+        "{} is not regimage {}",
+        bin.display(),
+        env!("CARGO_PKG_VERSION")
+    );
+    bin
+}
+
+fn sha256_file(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+}
+
+/// The client side: skopeo and curl with the bundle installed per user under a temp HOME.
+struct Client {
+    work: PathBuf,
+    ports: Ports,
+    /// HOME with ~/.config/containers/certs.d from the bundle.
+    home: PathBuf,
+    server_ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Client {
+    fn skopeo(&self, home: &Path) -> Command {
+        let mut cmd = Command::new("skopeo");
+        // Only certs.d under HOME counts: no system-wide trust or policy from this host.
+        cmd.env("HOME", home).arg("--insecure-policy");
+        cmd
+    }
+
+    /// curl's status code and body (or curl's own error when there was no HTTP answer).
+    fn curl(&self, args: &[&str], url: &str) -> (u16, String) {
+        let body = self.work.join("curl.body");
+        let _ = std::fs::remove_file(&body);
+        let out = output(
+            Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--noproxy", "*", "--cacert"])
+                .arg(&self.server_ca)
+                .arg("-o")
+                .arg(&body)
+                .args(["-w", "%{http_code}"])
+                .args(args)
+                .arg(url),
+        );
+        let code = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let text = if code == 0 {
+            format!("curl: {}", String::from_utf8_lossy(&out.stderr))
+        } else {
+            std::fs::read_to_string(&body).unwrap_or_default()
+        };
+        (code, text)
+    }
+
+    fn pull_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.ports.pull)
+    }
+
+    fn push_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.ports.push)
+    }
+}
+
+/// Copies the client bundle off the VM (as the default user, through sudo) and installs it
+/// as its README says, per user: ~/.config/containers/certs.d under a fresh HOME.
+fn install_bundle(vm: &Vm, work: &Path, ports: Ports) -> Client {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).expect("creating the client dir");
+    let tarball = work.join(format!("{CLIENT}.tar.gz"));
+    std::fs::write(
+        &tarball,
+        vm.read_root_file(&format!("/var/lib/regimage/out/{CLIENT}.tar.gz")),
+    )
+    .expect("writing the bundle");
+    let unpacked = work.join("bundle");
+    std::fs::create_dir(&unpacked).expect("creating the bundle dir");
+    run_ok(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&unpacked),
+    );
+    let readme = std::fs::read_to_string(unpacked.join(format!("{CLIENT}/README.md")))
+        .expect("reading the bundle README");
+    assert!(
+        readme.contains("mkdir -p ~/.config/containers/certs.d"),
+        "the bundle README lacks the per-user install:\n{readme}"
+    );
+    let home = work.join("home");
+    let certs_d = home.join(".config/containers/certs.d");
+    std::fs::create_dir_all(&certs_d).expect("creating certs.d");
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(unpacked.join(format!("{CLIENT}/containers/certs.d/.")))
+            .arg(&certs_d),
+    );
+    let push_dir = certs_d.join(registry_host(ports.push));
+    for f in ["ca.crt", "client.cert", "client.key"] {
+        assert!(
+            push_dir.join(f).is_file(),
+            "the bundle lacks {f} for {}",
+            registry_host(ports.push)
+        );
+    }
+    let pull_ca = certs_d.join(registry_host(ports.pull)).join("ca.crt");
+    assert!(pull_ca.is_file(), "the bundle lacks the pull port's CA");
+    // curl reads a ':' in --cert as a passphrase separator: colon-free copies.
+    let pem = work.join("pem");
+    std::fs::create_dir(&pem).expect("creating the pem dir");
+    for f in ["client.cert", "client.key", "ca.crt"] {
+        std::fs::copy(push_dir.join(f), pem.join(f)).expect("copying a bundle file");
+    }
+    Client {
+        work: work.to_path_buf(),
+        ports,
+        home,
+        server_ca: pem.join("ca.crt"),
+        cert: pem.join("client.cert"),
+        key: pem.join("client.key"),
+    }
+}
+
+fn assert_registry_error(body: &str, code: &str) {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {body}"));
+    assert_eq!(v["errors"][0]["code"], code, "body: {body}");
+}
+
+/// The manifest digest the pull port serves for `reference` (anonymous).
+fn pulled_digest(client: &Client, reference: &str) -> String {
+    let out = run_ok(client.skopeo(&client.home).args([
+        "inspect",
+        "--raw",
+        &format!("docker://{}/{reference}", registry_host(client.ports.pull)),
+    ]));
+    format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&out.stdout))
+    )
+}
+
+/// Pushes a fresh image through the push port and pulls it back through the pull port;
+/// returns its manifest digest.
+fn push_and_pull(client: &Client, repo: &str, text: &str) -> String {
+    let src = client.work.join(format!("src-{}", repo.replace('/', "-")));
+    let digest = common::make_oci_layout(&src, "v1", text);
+    let t = Instant::now();
+    run_ok(client.skopeo(&client.home).args([
+        "copy",
+        "--quiet",
+        &format!("oci:{}:v1", s(&src)),
+        &format!("docker://{}/{repo}:v1", registry_host(client.ports.push)),
+    ]));
+    progress(&format!("pushed {repo}:v1 ({digest}) in {:.1} s", secs(t)));
+    assert_eq!(
+        pulled_digest(client, &format!("{repo}:v1")),
+        digest,
+        "the pull port serves another manifest for {repo}:v1"
+    );
+    let dst = client.work.join(format!("dst-{}", repo.replace('/', "-")));
+    run_ok(client.skopeo(&client.home).args([
+        "copy",
+        "--quiet",
+        &format!("docker://{}/{repo}:v1", registry_host(client.ports.pull)),
+        &format!("oci:{}:v1", s(&dst)),
+    ]));
+    let index = std::fs::read_to_string(dst.join("index.json")).expect("reading the pulled index");
+    assert!(
+        index.contains(&digest),
+        "the pulled index lacks {digest}: {index}"
+    );
+    digest
+}
+
+/// What is refused from outside: writes on the pull port, the push port without a client
+/// certificate or with one from another CA, the registry port altogether.
+fn check_refusals(client: &Client, src_repo: &str) {
+    let src = client
+        .work
+        .join(format!("src-{}", src_repo.replace('/', "-")));
+    let pull_host = registry_host(client.ports.pull);
+    let push_host = registry_host(client.ports.push);
+
+    // A push to the pull port: denied, with the registry-style body (no HTML from nginx).
+    let out = output(client.skopeo(&client.home).args([
+        "copy",
+        &format!("oci:{}:v1", s(&src)),
+        &format!("docker://{pull_host}/e2e/denied:v1"),
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a push to the pull port succeeded");
+    assert!(
+        stderr.to_lowercase().contains("denied"),
+        "skopeo did not report denied: {stderr}"
+    );
+    assert!(
+        !stderr.contains("invalid character '<'"),
+        "nginx answered HTML: {stderr}"
+    );
+    for method in ["PUT", "POST", "PATCH", "DELETE"] {
+        let (code, body) = client.curl(
+            &["-X", method],
+            &client.pull_url("/v2/e2e/hello/blobs/uploads/"),
+        );
+        assert_eq!(code, 403, "{method} on the pull port: {body}");
+        assert_registry_error(&body, "DENIED");
+    }
+    progress("pull port: writes refused with 403 DENIED (JSON)");
+
+    // The push port without a client certificate.
+    let (code, body) = client.curl(&[], &client.push_url("/v2/"));
+    assert_eq!(
+        code, 400,
+        "the push port answered a client without a certificate: {body}"
+    );
+    let no_cert = client.work.join("no-cert-home");
+    let d = no_cert.join(format!(".config/containers/certs.d/{push_host}"));
+    std::fs::create_dir_all(&d).expect("creating certs.d");
+    std::fs::copy(&client.server_ca, d.join("ca.crt")).expect("copying the CA");
+    let out = output(client.skopeo(&no_cert).args([
+        "copy",
+        &format!("oci:{}:v1", s(&src)),
+        &format!("docker://{push_host}/e2e/nocert:v1"),
+    ]));
+    assert!(
+        !out.status.success(),
+        "a push without a client certificate succeeded"
+    );
+
+    // ... and with a certificate from another CA.
+    let other = client.work.join("other-ca");
+    std::fs::create_dir_all(&other).expect("creating the other CA dir");
+    let sh = format!(
+        "set -e; cd {d}; \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=other-ca 2>/dev/null; \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout client.key -out client.csr -subj /CN={CLIENT} 2>/dev/null; \
+         printf 'extendedKeyUsage=clientAuth\\n' > ext; \
+         openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.cert -days 2 -extfile ext 2>/dev/null",
+        d = s(&other)
+    );
+    run_ok(Command::new("sh").args(["-c", &sh]));
+    let (cert, key) = (s(&other.join("client.cert")), s(&other.join("client.key")));
+    let (code, body) = client.curl(&["--cert", &cert, "--key", &key], &client.push_url("/v2/"));
+    assert_eq!(
+        code, 400,
+        "the push port accepted another CA's certificate: {body}"
+    );
+    let other_home = client.work.join("other-home");
+    let d = other_home.join(format!(".config/containers/certs.d/{push_host}"));
+    std::fs::create_dir_all(&d).expect("creating certs.d");
+    std::fs::copy(&client.server_ca, d.join("ca.crt")).expect("copying the CA");
+    std::fs::copy(other.join("client.cert"), d.join("client.cert")).expect("copying the cert");
+    std::fs::copy(other.join("client.key"), d.join("client.key")).expect("copying the key");
+    let out = output(client.skopeo(&other_home).args([
+        "copy",
+        &format!("oci:{}:v1", s(&src)),
+        &format!("docker://{push_host}/e2e/othercert:v1"),
+    ]));
+    assert!(
+        !out.status.success(),
+        "a push with another CA's certificate succeeded"
+    );
+    // With the bundle's own certificate the push port answers.
+    let (cert, key) = (s(&client.cert), s(&client.key));
+    let (code, body) = client.curl(&["--cert", &cert, "--key", &key], &client.push_url("/v2/"));
+    assert_eq!(
+        code, 200,
+        "the push port refused the bundle's certificate: {body}"
+    );
+    progress("push port: no certificate and another CA's certificate refused (400), the bundle's accepted");
+
+    // The registry port, forwarded from the host to the guest: no HTTP answer at all (the
+    // registry listens on the guest's loopback only, and ufw drops the port).
+    let out = output(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "15",
+        "--noproxy",
+        "*",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:{}/v2/", client.ports.registry_probe),
+    ]));
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !out.status.success() && code == "000",
+        "the registry port answered from outside the VM: HTTP {code}, {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    progress(&format!(
+        "registry port from outside: no HTTP answer ({})",
+        String::from_utf8_lossy(&out.stderr).trim()
+    ));
+}
+
+// ---- inside the guest ----------------------------------------------------------------------
+
+/// The status file, parsed.
+fn status_json(vm: &Vm) -> serde_json::Value {
+    let bytes = vm.read_root_file("/var/lib/regimage/out/status.json");
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "status.json is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })
+}
+
+/// Certificate fingerprints on disk, by file (openssl in the guest).
+fn fingerprints(vm: &Vm) -> BTreeMap<String, String> {
+    let files = [
+        "/etc/registry/certs/ca/ca.crt".to_string(),
+        "/etc/registry/certs/registry.crt".to_string(),
+        "/etc/registry/certs/clients/ca.crt".to_string(),
+        format!("/etc/registry/certs/clients/{CLIENT}.crt"),
+    ];
+    let mut script = String::from("set -e\n");
+    for f in &files {
+        script.push_str(&format!(
+            "printf '%s ' {f}; openssl x509 -noout -fingerprint -sha256 -in {f} | cut -d= -f2\n"
+        ));
+    }
+    let text = vm.root_ok(&script);
+    let map: BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(f, fp)| (f.to_string(), fp.trim().to_string()))
+        .collect();
+    assert_eq!(map.len(), files.len(), "openssl output: {text}");
+    map
+}
+
+/// A podman command line for the service user, with the global options and environment the
+/// registry unit uses (Podman refuses a store opened with other paths).
+fn podman_as_service_user(uid: u32, args: &str) -> String {
+    let runtime = format!("/run/user/{uid}");
+    let env: Vec<String> = regimage::render::podman_environment()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!(
+        "cd / && runuser -u {SERVICE_USER} -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/nonexistent XDG_RUNTIME_DIR={runtime} {} podman {} {args}",
+        env.join(" "),
+        regimage::render::podman_global_args(&runtime).join(" ")
+    )
+}
+
+/// The checks made inside a ready appliance (over SSH, as root).
+fn check_inside(vm: &Vm, ports: Ports, inputs: &Inputs) {
+    // status.json: ready, every step done.
+    let status = status_json(vm);
+    assert_eq!(status["ready"], true, "status.json: {status:#}");
+    assert_eq!(
+        status["primary_name"], "localhost",
+        "status.json: {status:#}"
+    );
+    let steps = status["steps"].as_array().expect("status.json steps");
+    assert_eq!(steps.len(), 9, "status.json steps: {status:#}");
+    assert!(
+        steps.iter().all(|s| s["result"] != "failed"),
+        "a failed step in status.json: {status:#}"
+    );
+    assert_eq!(
+        status["image"]["id"], inputs.config_digest,
+        "status.json image: {status:#}"
+    );
+
+    // The registry runs rootless as the service user, read-only root, no capabilities.
+    let uid: u32 = vm
+        .root_ok(&format!("id -u {SERVICE_USER}"))
+        .trim()
+        .parse()
+        .expect("the service user's uid");
+    assert!(
+        uid > 0 && uid < 1000,
+        "service user uid {uid} is not a system uid"
+    );
+    let inspect = vm.root_ok(&podman_as_service_user(uid, "inspect registry"));
+    let inspect: serde_json::Value = serde_json::from_str(&inspect)
+        .unwrap_or_else(|e| panic!("podman inspect ({e}): {inspect}"));
+    let c = &inspect[0];
+    assert_eq!(
+        c["State"]["Running"], true,
+        "container state: {:#}",
+        c["State"]
+    );
+    assert_eq!(
+        c["HostConfig"]["ReadonlyRootfs"], true,
+        "the registry's root is writable"
+    );
+    let cap_add = c["HostConfig"]["CapAdd"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(cap_add.is_empty(), "capabilities added: {cap_add:?}");
+    assert_eq!(
+        c["ImageName"]
+            .as_str()
+            .map(|n| n.contains("regimage/registry:pinned")),
+        Some(true),
+        "the container runs {:?}",
+        c["ImageName"]
+    );
+    assert_eq!(
+        format!("sha256:{}", c["Image"].as_str().unwrap_or("")),
+        inputs.config_digest,
+        "the container's image ID is not the pinned image's"
+    );
+    let pid = c["State"]["Pid"].as_u64().expect("the container's pid");
+    let proc_status = vm.root_ok(&format!(
+        "ps -o user=,comm= -p {pid}; grep -E '^(Uid|CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/{pid}/status"
+    ));
+    let first = proc_status.lines().next().unwrap_or("");
+    assert!(
+        first.split_whitespace().next() == Some(SERVICE_USER) && first.contains("registry"),
+        "the registry process runs as someone else: {proc_status}"
+    );
+    for field in ["CapEff", "CapPrm", "CapBnd"] {
+        assert!(
+            proc_status
+                .lines()
+                .any(|l| l.starts_with(field) && l.trim_end().ends_with("0000000000000000")),
+            "{field} of the registry process is not empty:\n{proc_status}"
+        );
+    }
+    assert!(
+        proc_status
+            .lines()
+            .any(|l| l.starts_with("NoNewPrivs") && l.trim_end().ends_with('1')),
+        "no-new-privileges is off:\n{proc_status}"
+    );
+    let ps = vm.root_ok("ps -o user= -C registry | sort -u");
+    assert_eq!(ps.trim(), SERVICE_USER, "registry processes run as: {ps}");
+    progress(&format!(
+        "registry: rootless as {SERVICE_USER} (uid {uid}), read-only root, no capabilities"
+    ));
+
+    // Modes and owners of the keys and outputs.
+    let expected: &[(&str, &str)] = &[
+        ("/etc/registry/certs", "755 root:root"),
+        ("/etc/registry/certs/ca", "755 root:root"),
+        ("/etc/registry/certs/ca/ca.crt", "644 root:root"),
+        ("/etc/registry/certs/registry.crt", "644 root:root"),
+        ("/etc/registry/certs/private", "750 root:registry-proxy"),
+        ("/etc/registry/certs/private/ca.key", "600 root:root"),
+        ("/etc/registry/certs/private/client-ca.key", "600 root:root"),
+        (
+            "/etc/registry/certs/private/registry.key",
+            "640 root:registry-proxy",
+        ),
+        ("/etc/registry/certs/private/client-ci.key", "600 root:root"),
+        ("/etc/registry/certs/clients", "755 root:root"),
+        (
+            "/etc/registry/certs/clients/ca.crt",
+            "640 root:registry-proxy",
+        ),
+        ("/etc/registry/certs/clients/ci.crt", "644 root:root"),
+        ("/etc/registry/registry.env", "640 root:registry"),
+        ("/var/lib/regimage", "700 root:root"),
+        ("/var/lib/regimage/out", "700 root:root"),
+        ("/var/lib/regimage/out/ci.tar.gz", "600 root:root"),
+        ("/var/lib/regimage/out/status.json", "600 root:root"),
+        ("/var/lib/registry-podman", "700 registry:registry"),
+        ("/usr/local/bin/regimage", "755 root:root"),
+    ];
+    let script: String = expected
+        .iter()
+        .map(|(p, _)| format!("stat -c '%n %a %U:%G' {p}\n"))
+        .collect();
+    let stat = vm.root_ok(&script);
+    let mut wrong = Vec::new();
+    for (path, want) in expected {
+        let got = stat
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{path} ")))
+            .unwrap_or("missing");
+        if got != *want {
+            wrong.push(format!("{path}: {got}, expected {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "modes and owners:\n{}", wrong.join("\n"));
+    let no_other = vm.root_ok(
+        "find /etc/registry/certs/private -type f ! -name registry.key -perm /077 -printf '%p %m\\n'",
+    );
+    assert!(
+        no_other.trim().is_empty(),
+        "keys readable by others: {no_other}"
+    );
+    progress("modes and owners of keys, bundles and state are as the guide (fixed) says");
+
+    // ufw: active, deny by default, each wanted rule once, nothing for the registry port.
+    let ufw = vm.root_ok("ufw status verbose");
+    assert!(ufw.contains("Status: active"), "ufw:\n{ufw}");
+    assert!(ufw.contains("deny (incoming)"), "ufw default:\n{ufw}");
+    let rules: Vec<String> = ufw
+        .lines()
+        .skip_while(|l| !l.starts_with("--"))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for rule in &rules {
+        assert!(seen.insert(rule.clone()), "ufw rule twice: {rule}\n{ufw}");
+    }
+    let mut want = vec![
+        "22/tcp ALLOW IN Anywhere".to_string(),
+        format!("{}/tcp ALLOW IN Anywhere", ports.pull),
+    ];
+    for cidr in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"] {
+        want.push(format!("{}/tcp ALLOW IN {cidr}", ports.push));
+    }
+    for w in &want {
+        assert!(
+            rules.iter().any(|r| r.starts_with(w.as_str())),
+            "ufw lacks {w}:\n{ufw}"
+        );
+    }
+    for r in &rules {
+        assert!(
+            !r.starts_with("5000/tcp") && !r.starts_with("5000 "),
+            "ufw opens the registry port: {r}"
+        );
+        assert!(
+            !(r.starts_with(&format!("{}/tcp ", ports.push)) && r.contains("Anywhere")),
+            "ufw opens the push port to anyone: {r}"
+        );
+    }
+    progress(&format!(
+        "ufw: active, deny incoming, {} rules, none twice",
+        rules.len()
+    ));
+
+    // Listening sockets: the registry on loopback only, the proxy on the pull/push ports.
+    let ss = vm.root_ok("ss -Hltn");
+    let local = |l: &str| l.split_whitespace().nth(3).unwrap_or("").to_string();
+    let registry: Vec<String> = ss
+        .lines()
+        .map(local)
+        .filter(|a| a.ends_with(":5000"))
+        .collect();
+    assert!(!registry.is_empty(), "nothing listens on port 5000:\n{ss}");
+    assert!(
+        registry.iter().all(|a| a == "127.0.0.1:5000"),
+        "the registry listens beyond loopback: {registry:?}"
+    );
+    for port in [ports.pull, ports.push] {
+        assert!(
+            ss.lines()
+                .map(local)
+                .any(|a| a.ends_with(&format!(":{port}"))),
+            "nothing listens on {port}:\n{ss}"
+        );
+    }
+    let env = vm.root_ok(
+        "grep -c '^REGISTRY_HTTP_SECRET=..*' /etc/registry/registry.env; systemctl is-active registry-proxy.service",
+    );
+    assert_eq!(
+        env.split_whitespace().collect::<Vec<_>>(),
+        ["1", "active"],
+        "{env}"
+    );
+    progress("sockets: registry on 127.0.0.1:5000 only; proxy up");
+}
+
+/// What must survive a reboot.
+struct Snapshot {
+    fingerprints: BTreeMap<String, String>,
+    finished_at: String,
+    pushed: String,
+}
+
+/// Records first boot's own step timings from status.json.
+fn record_steps(vm: &Vm, timings: &mut Timings, prefix: &str) {
+    let status = status_json(vm);
+    for step in status["steps"].as_array().into_iter().flatten() {
+        let name = step["name"].as_str().unwrap_or("?");
+        let ms = step["duration_ms"].as_f64().unwrap_or(0.0);
+        timings.record(
+            &format!("{prefix}firstboot_step_{name}_seconds"),
+            ms / 1000.0,
+        );
+    }
+}
+
+/// Every check on a machine that just became ready; returns what a reboot must keep.
+fn check_ready(vm: &Vm, ports: Ports, inputs: &Inputs, client_dir: &Path) -> Snapshot {
+    let client = install_bundle(vm, client_dir, ports);
+    let pushed = push_and_pull(&client, "e2e/hello", "hello from the e2e test\n");
+    check_refusals(&client, "e2e/hello");
+    check_inside(vm, ports, inputs);
+    let status = status_json(vm);
+    let fps = fingerprints(vm);
+    // The fingerprints status.json reports are the ones on disk.
+    let reported: Vec<String> = status["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["sha256"].as_str().map(|s| s.to_uppercase()))
+        .collect();
+    for (file, fp) in &fps {
+        assert!(
+            reported.contains(&fp.to_uppercase()),
+            "status.json lacks the fingerprint of {file} ({fp}): {reported:?}"
+        );
+    }
+    Snapshot {
+        fingerprints: fps,
+        finished_at: status["finished_at"].as_str().unwrap_or("").to_string(),
+        pushed,
+    }
+}
+
+/// After a reboot: the services come back by themselves, first boot is skipped by its
+/// condition, certificates and the pushed image are the same. Returns seconds to ready.
+fn check_after_reboot(vm: &Vm, ports: Ports, before: &Snapshot, client_dir: &Path) -> f64 {
+    let t = Instant::now();
+    let client = install_bundle(vm, client_dir, ports);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (code, _) = client.curl(&[], &client.pull_url("/v2/"));
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy did not answer 200 within 600 s of SSH after the reboot\n{}",
+            String::from_utf8_lossy(&vm.root_sh(DIAGNOSE).stdout)
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let ready = secs(t);
+    let cond = vm.root_ok(
+        "systemctl show -p ConditionResult -p ActiveState -p ExecMainStartTimestampMonotonic regimage-firstboot.service",
+    );
+    assert!(
+        cond.contains("ConditionResult=no") && cond.contains("ActiveState=inactive"),
+        "first boot was not skipped by its condition:\n{cond}"
+    );
+    assert!(
+        cond.contains("ExecMainStartTimestampMonotonic=0"),
+        "first boot's process ran on this boot:\n{cond}"
+    );
+    let status = status_json(vm);
+    assert_eq!(
+        status["finished_at"].as_str().unwrap_or(""),
+        before.finished_at,
+        "status.json was rewritten on the reboot"
+    );
+    assert_eq!(
+        fingerprints(vm),
+        before.fingerprints,
+        "certificates changed across the reboot"
+    );
+    assert_eq!(
+        pulled_digest(&client, "e2e/hello:v1"),
+        before.pushed,
+        "the pushed image is gone or changed after the reboot"
+    );
+    let units = vm.root_ok(&format!(
+        "systemctl is-active registry-proxy.service; systemctl --user -M {SERVICE_USER}@ is-active registry.service; ps -o user= -C registry | sort -u"
+    ));
+    assert_eq!(
+        units.split_whitespace().collect::<Vec<_>>(),
+        ["active", "active", SERVICE_USER],
+        "services after the reboot:\n{units}"
+    );
+    // A push still works after the reboot (registry.env's secret and the storage are kept).
+    push_and_pull(&client, "e2e/after-reboot", "pushed after the reboot\n");
+    progress("after the reboot: same certificates, image kept, first boot skipped, services up");
+    ready
+}
+
+// ---- the tests ------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "boots VMs: make e2e"]
+fn e2e_user_data() {
+    let total = Instant::now();
+    let mut timings = Timings::new("user_data");
+    let inputs = vm::inputs(&mut timings);
+    let dir = test_dir("regimage-e2e-ud-");
+    let work = dir.path().to_path_buf();
+    let ports = choose_ports();
+
+    // Host side: the mirror with the fixture, the binary on HTTP.
+    let mirror_port = common::free_port();
+    let _mirror = vm::start_mirror(&work, mirror_port, &inputs.fixture, &inputs.manifest_digest);
+    let www = work.join("www");
+    std::fs::create_dir(&www).expect("creating www");
+    let binary = guest_binary(&www);
+    let binary_sha = sha256_file(&binary);
+    let server = vm::FileServer::start("regimage", &binary);
+    timings.put(
+        "binary_bytes",
+        serde_json::json!(std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0)),
+    );
+
+    // The user-data: regimage's document plus the default user's SSH key.
+    let cfg = work.join("regimage.yaml");
+    std::fs::write(&cfg, site_config(&ports, &inputs, Some(mirror_port))).expect("writing config");
+    let ud = work.join("user-data.regimage");
+    let t = Instant::now();
+    run_ok(
+        regimage()
+            .args(["build", "--format", "user-data", "--distro", "debian-13"])
+            .args([
+                "-c",
+                &s(&cfg),
+                "-o",
+                &s(&ud),
+                "--binary-url",
+                &format!("http://10.0.2.2:{}/regimage", server.port),
+                "--binary-sha256",
+                &binary_sha,
+            ]),
+    );
+    timings.record("build_user_data_seconds", secs(t));
+    let key = vm::ssh_key(&work);
+    let user_data = with_ssh_key(
+        &std::fs::read_to_string(&ud).expect("reading user-data"),
+        &key,
+    );
+    timings.put("user_data_bytes", serde_json::json!(user_data.len()));
+    let meta = "instance-id: regimage-e2e-user-data\nlocal-hostname: regimage-e2e\n";
+    let seed = vm::seed_iso(&work, &user_data, meta);
+    let disk = work.join("disk.qcow2");
+    vm::overlay(&inputs.base, &disk, "8G");
+
+    let _lock = vm::vm_lock();
+    let mut vm = Vm::start(
+        &VmSpec {
+            name: "regimage-e2e-user-data".into(),
+            disk: disk.clone(),
+            seed,
+            forwards: vec![
+                (ports.pull, ports.pull),
+                (ports.push, ports.push),
+                (ports.registry_probe, 5000),
+            ],
+            log_dir: work.join("vm"),
+            memory_mib: 2048,
+        },
+        &key,
+    );
+    let to_ssh = vm.wait_ssh(BOOT_TO_SSH);
+    timings.record("boot_to_ssh_seconds", to_ssh);
+    let line = vm.wait_serial(0, READY, FAILED, SSH_TO_READY, DIAGNOSE);
+    timings.record("boot_to_ready_seconds", secs(vm.started));
+    progress(&format!("console: {}", line.trim()));
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /regimage")),
+        "the guest never downloaded the binary: {:?}",
+        server.requests()
+    );
+    let ci = vm.root_ok("cloud-init status --wait >/dev/null; cloud-init status --format json");
+    let ci: serde_json::Value = serde_json::from_str(&ci).unwrap_or_default();
+    assert_eq!(ci["status"], "done", "cloud-init: {ci:#}");
+    record_steps(&vm, &mut timings, "");
+
+    let t = Instant::now();
+    let snap = check_ready(&vm, ports, &inputs, &work.join("client"));
+    timings.record("checks_seconds", secs(t));
+
+    let back = vm.reboot(REBOOT);
+    timings.record("reboot_to_ssh_seconds", back);
+    let t = Instant::now();
+    let ready = check_after_reboot(&vm, ports, &snap, &work.join("client-reboot"));
+    timings.record("reboot_ssh_to_proxy_ready_seconds", ready);
+    timings.record("reboot_checks_seconds", secs(t));
+    vm.poweroff(Duration::from_secs(120));
+    let used = output(
+        Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&disk),
+    );
+    let info: serde_json::Value = serde_json::from_slice(&used.stdout).unwrap_or_default();
+    timings.put("overlay_bytes", info["actual-size"].clone());
+    timings.record("total_seconds", secs(total));
+}
+
+/// regimage's user-data with `ssh_authorized_keys` for the default user added at the top
+/// level (cloud-init gives top-level keys to the default user); checked to still be one
+/// mapping whose users start with `default`.
+fn with_ssh_key(user_data: &str, key: &SshKey) -> String {
+    assert!(user_data.starts_with("#cloud-config\n"));
+    assert!(
+        !user_data.contains("\nssh_authorized_keys:"),
+        "regimage's user-data already has ssh_authorized_keys"
+    );
+    let mut text = user_data.to_string();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("ssh_authorized_keys:\n  - {}\n", key.public));
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).expect("parsing the merged user-data");
+    assert_eq!(
+        doc["users"][0],
+        serde_yaml_ng::Value::from("default"),
+        "users: {:?}",
+        doc["users"]
+    );
+    assert_eq!(
+        doc["ssh_authorized_keys"][0],
+        serde_yaml_ng::Value::from(key.public.as_str())
+    );
+    assert!(doc["runcmd"].is_sequence() && doc["write_files"].is_sequence());
+    text
+}
+
+/// A seed for a baked image: only the default user's SSH key and an instance id.
+fn key_only_seed(dir: &Path, key: &SshKey, instance: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("creating the seed dir");
+    vm::seed_iso(
+        dir,
+        &format!("#cloud-config\nssh_authorized_keys:\n  - {}\n", key.public),
+        &format!("instance-id: {instance}\n"),
+    )
+}
+
+/// Bakes the appliance: `regimage build --format qcow2` of the Debian base with the fixture.
+fn bake(work: &Path, cfg: &Path, inputs: &Inputs, timings: &mut Timings) -> PathBuf {
+    let bin = guest_binary(&work.join("bin"));
+    let out = work.join("appliance.qcow2");
+    let log = work.join("bake.log");
+    let t = Instant::now();
+    progress(&format!(
+        "baking {} (console: {}.serial.log, progress: {})",
+        out.display(),
+        out.display(),
+        log.display()
+    ));
+    let mut bake = vm::Background::start(
+        "regimage build --format qcow2",
+        Command::new(&bin)
+            .args([
+                "build",
+                "--format",
+                "qcow2",
+                "--distro",
+                "debian-13",
+                "--accel",
+                "tcg",
+            ])
+            .args([
+                "--timeout",
+                "2700",
+                "-c",
+                &s(cfg),
+                "--base",
+                &s(&inputs.base),
+            ])
+            .args(["--registry-archive", &s(&inputs.fixture), "-o", &s(&out)]),
+        &log,
+    );
+    let mut last = Instant::now();
+    while !bake.wait_exit(Duration::from_secs(5)) {
+        if last.elapsed() > Duration::from_secs(60) {
+            let text = bake.log_text();
+            progress(&format!(
+                "bake: {}",
+                text.lines().last().unwrap_or("").trim()
+            ));
+            last = Instant::now();
+        }
+    }
+    let text = bake.log_text();
+    assert!(
+        out.is_file(),
+        "the bake left no image ({:.0} s):\n{text}",
+        secs(t)
+    );
+    timings.record("bake_seconds", secs(t));
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    timings.put("appliance_qcow2_bytes", serde_json::json!(size));
+    progress(&format!("baked {} ({size} bytes)", out.display()));
+    out
+}
+
+#[test]
+#[ignore = "boots VMs: make e2e"]
+fn e2e_qcow2() {
+    let total = Instant::now();
+    let mut timings = Timings::new("qcow2");
+    let inputs = vm::inputs(&mut timings);
+    let dir = test_dir("regimage-e2e-qcow2-");
+    let work = dir.path().to_path_buf();
+    let ports = choose_ports();
+    let cfg = work.join("regimage.yaml");
+    std::fs::write(&cfg, site_config(&ports, &inputs, None)).expect("writing config");
+    let key = vm::ssh_key(&work);
+    let forwards = vec![
+        (ports.pull, ports.pull),
+        (ports.push, ports.push),
+        (ports.registry_probe, 5000),
+    ];
+
+    let _lock = vm::vm_lock();
+    let image = bake(&work, &cfg, &inputs, &mut timings);
+
+    // The first machine: boot, checks, reboot, checks.
+    let disk = work.join("vm1.qcow2");
+    vm::overlay(&image, &disk, "8G");
+    let mut vm1 = Vm::start(
+        &VmSpec {
+            name: "regimage-e2e-qcow2-1".into(),
+            disk: disk.clone(),
+            seed: key_only_seed(&work.join("seed1"), &key, "regimage-e2e-qcow2-1"),
+            forwards: forwards.clone(),
+            log_dir: work.join("vm1"),
+            memory_mib: 2048,
+        },
+        &key,
+    );
+    timings.record("vm1_boot_to_ssh_seconds", vm1.wait_ssh(BOOT_TO_SSH));
+    let line = vm1.wait_serial(0, READY, FAILED, SSH_TO_READY, DIAGNOSE);
+    timings.record("vm1_boot_to_ready_seconds", secs(vm1.started));
+    progress(&format!("console: {}", line.trim()));
+    record_steps(&vm1, &mut timings, "vm1_");
+    let status = status_json(&vm1);
+    assert_eq!(
+        status["image"]["source"], "archive",
+        "the baked image's first boot did not use the baked archive: {status:#}"
+    );
+    let snap1 = check_ready(&vm1, ports, &inputs, &work.join("client1"));
+    let back = vm1.reboot(REBOOT);
+    timings.record("vm1_reboot_to_ssh_seconds", back);
+    let ready = check_after_reboot(&vm1, ports, &snap1, &work.join("client1-reboot"));
+    timings.record("vm1_reboot_ssh_to_proxy_ready_seconds", ready);
+    vm1.poweroff(Duration::from_secs(120));
+
+    // The second machine from the same image: killed while first boot runs (after the
+    // certificates exist, when the timing allows), then booted again: first boot finishes,
+    // with certificates of its own.
+    let disk = work.join("vm2.qcow2");
+    vm::overlay(&image, &disk, "8G");
+    let spec = |n: &str| VmSpec {
+        name: format!("regimage-e2e-qcow2-2{n}"),
+        disk: disk.clone(),
+        seed: key_only_seed(&work.join("seed2"), &key, "regimage-e2e-qcow2-2"),
+        forwards: forwards.clone(),
+        log_dir: work.join(format!("vm2{n}")),
+        memory_mib: 2048,
+    };
+    let mut vm2 = Vm::start(&spec(""), &key);
+    timings.record("vm2_boot_to_ssh_seconds", vm2.wait_ssh(BOOT_TO_SSH));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut seen_activating = false;
+    let killed_at = loop {
+        let out = vm2.root_sh_timeout(
+            "printf '%s %s\\n' \"$(systemctl is-active regimage-firstboot.service)\" \
+             \"$(test -e /etc/registry/certs/registry.crt && echo certs || echo no-certs)\"",
+            Duration::from_secs(30),
+        );
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        seen_activating |= state.starts_with("activating");
+        if state == "activating certs" {
+            break state;
+        }
+        assert!(
+            !state.starts_with("active ") && !state.starts_with("failed"),
+            "first boot of the second VM ended ({state}) before it could be killed (activating seen: {seen_activating})"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "first boot of the second VM never ran with its certificates made (last: {state})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    vm2.kill_hard();
+    timings.record("vm2_killed_after_seconds", secs(vm2.started));
+    progress(&format!(
+        "killed the second VM during first boot ({killed_at})"
+    ));
+    drop(vm2);
+    let mut vm2 = Vm::start(&spec("-again"), &key);
+    timings.record("vm2_again_boot_to_ssh_seconds", vm2.wait_ssh(BOOT_TO_SSH));
+    let line = vm2.wait_serial(0, READY, FAILED, SSH_TO_READY, DIAGNOSE);
+    timings.record("vm2_again_boot_to_ready_seconds", secs(vm2.started));
+    progress(&format!("console after the kill: {}", line.trim()));
+    record_steps(&vm2, &mut timings, "vm2_again_");
+    let boots = vm2.root_ok("journalctl --list-boots --no-pager | wc -l");
+    progress(&format!("journal boots on the second VM: {}", boots.trim()));
+    let snap2 = check_ready(&vm2, ports, &inputs, &work.join("client2"));
+    for (file, fp) in &snap2.fingerprints {
+        assert_ne!(
+            snap1.fingerprints.get(file),
+            Some(fp),
+            "{file} is the same on two machines from one image"
+        );
+    }
+    progress("the second machine has certificates of its own");
+    vm2.poweroff(Duration::from_secs(120));
+    timings.record("total_seconds", secs(total));
+}
