@@ -61,6 +61,8 @@ echo '## proxy'; systemctl status --no-pager registry-proxy.service | head -n 20
 echo '## cloud-init-output'; tail -n 40 /var/log/cloud-init-output.log
 echo '## failed units'; systemctl --failed --no-pager
 ";
+/// The console line at which the second baked VM is killed (see `e2e_qcow2`).
+const KILL_AT: &str = "User Manager for UID";
 const BOOT_TO_SSH: Duration = Duration::from_secs(900);
 /// From SSH to the ready line: packages from deb.debian.org under TCG, then first boot.
 const SSH_TO_READY: Duration = Duration::from_secs(1800);
@@ -128,6 +130,7 @@ fn site_config(ports: &Ports, inputs: &Inputs, mirror_port: Option<u16>) -> Stri
 /// binary: 8 MB against 160 MB for a debug build, and much faster under TCG), else a
 /// stripped copy of the binary cargo built for this test. Copied into `dir` as `regimage`.
 fn guest_binary(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("creating the binary's dir");
     let bin = dir.join("regimage");
     match std::env::var_os("REGIMAGE_E2E_BINARY") {
         Some(path) => {
@@ -730,6 +733,7 @@ struct Snapshot {
 /// Records first boot's own step timings from status.json.
 fn record_steps(vm: &Vm, timings: &mut Timings, prefix: &str) {
     let status = status_json(vm);
+    let mut results = serde_json::Map::new();
     for step in status["steps"].as_array().into_iter().flatten() {
         let name = step["name"].as_str().unwrap_or("?");
         let ms = step["duration_ms"].as_f64().unwrap_or(0.0);
@@ -737,7 +741,13 @@ fn record_steps(vm: &Vm, timings: &mut Timings, prefix: &str) {
             &format!("{prefix}firstboot_step_{name}_seconds"),
             ms / 1000.0,
         );
+        results.insert(name.to_string(), step["result"].clone());
     }
+    progress(&format!("first boot step results: {results:?}"));
+    timings.put(
+        &format!("{prefix}firstboot_step_results"),
+        serde_json::Value::Object(results),
+    );
 }
 
 /// Every check on a machine that just became ready; returns what a reboot must keep.
@@ -838,6 +848,9 @@ fn e2e_user_data() {
     let inputs = vm::inputs(&mut timings);
     let dir = test_dir("regimage-e2e-ud-");
     let work = dir.path().to_path_buf();
+    // The lock first: the ports are picked free for the VM that runs next.
+    let lock = vm::vm_lock();
+    timings.record("vm_lock_wait_seconds", lock.waited_seconds);
     let ports = choose_ports();
 
     // Host side: the mirror with the fixture, the binary on HTTP.
@@ -884,7 +897,6 @@ fn e2e_user_data() {
     let disk = work.join("disk.qcow2");
     vm::overlay(&inputs.base, &disk, "8G");
 
-    let _lock = vm::vm_lock();
     let mut vm = Vm::start(
         &VmSpec {
             name: "regimage-e2e-user-data".into(),
@@ -1046,6 +1058,8 @@ fn e2e_qcow2() {
     let inputs = vm::inputs(&mut timings);
     let dir = test_dir("regimage-e2e-qcow2-");
     let work = dir.path().to_path_buf();
+    let lock = vm::vm_lock();
+    timings.record("vm_lock_wait_seconds", lock.waited_seconds);
     let ports = choose_ports();
     let cfg = work.join("regimage.yaml");
     std::fs::write(&cfg, site_config(&ports, &inputs, None)).expect("writing config");
@@ -1055,8 +1069,6 @@ fn e2e_qcow2() {
         (ports.push, ports.push),
         (ports.registry_probe, 5000),
     ];
-
-    let _lock = vm::vm_lock();
     let image = bake(&work, &cfg, &inputs, &mut timings);
 
     // The first machine: boot, checks, reboot, checks.
@@ -1104,34 +1116,16 @@ fn e2e_qcow2() {
         memory_mib: 2048,
     };
     let mut vm2 = Vm::start(&spec(""), &key);
-    timings.record("vm2_boot_to_ssh_seconds", vm2.wait_ssh(BOOT_TO_SSH));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut seen_activating = false;
-    let killed_at = loop {
-        let out = vm2.root_sh_timeout(
-            "printf '%s %s\\n' \"$(systemctl is-active regimage-firstboot.service)\" \
-             \"$(test -e /etc/registry/certs/registry.crt && echo certs || echo no-certs)\"",
-            Duration::from_secs(30),
-        );
-        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        seen_activating |= state.starts_with("activating");
-        if state == "activating certs" {
-            break state;
-        }
-        assert!(
-            !state.starts_with("active ") && !state.starts_with("failed"),
-            "first boot of the second VM ended ({state}) before it could be killed (activating seen: {seen_activating})"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "first boot of the second VM never ran with its certificates made (last: {state})"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    // The kill point comes from the console, not SSH (which may come up only after first
+    // boot is done): first boot's user-manager step (4 of 9) starts user@UID.service, after
+    // the certificates, users, subordinate ids and registry.env exist and with lingering on.
+    // Nothing else starts that manager on a fresh baked image (no one has logged in).
+    let line = vm2.wait_serial(0, KILL_AT, FAILED, BOOT_TO_SSH, DIAGNOSE);
     vm2.kill_hard();
     timings.record("vm2_killed_after_seconds", secs(vm2.started));
     progress(&format!(
-        "killed the second VM during first boot ({killed_at})"
+        "killed the second VM during first boot, at: {}",
+        line.trim()
     ));
     drop(vm2);
     let mut vm2 = Vm::start(&spec("-again"), &key);
@@ -1140,8 +1134,19 @@ fn e2e_qcow2() {
     timings.record("vm2_again_boot_to_ready_seconds", secs(vm2.started));
     progress(&format!("console after the kill: {}", line.trim()));
     record_steps(&vm2, &mut timings, "vm2_again_");
-    let boots = vm2.root_ok("journalctl --list-boots --no-pager | wc -l");
-    progress(&format!("journal boots on the second VM: {}", boots.trim()));
+    // What the killed boot's journal kept (journald may have lost its last lines with the
+    // power): it must not have finished.
+    let killed = vm2.root_ok(
+        "journalctl --list-boots --no-pager --no-legend | wc -l; \
+         journalctl -b -1 --no-pager -o cat -u regimage-firstboot.service 2>/dev/null | tail -n 15",
+    );
+    progress(&format!(
+        "the killed boot's journal (boots, then first boot's last lines):\n{killed}"
+    ));
+    assert!(
+        !killed.contains(READY),
+        "first boot had finished before the kill:\n{killed}"
+    );
     let snap2 = check_ready(&vm2, ports, &inputs, &work.join("client2"));
     for (file, fp) in &snap2.fingerprints {
         assert_ne!(

@@ -194,6 +194,8 @@ pub fn inputs(timings: &mut Timings) -> Inputs {
 /// wait for it.
 pub struct VmLock {
     _lock: nix::fcntl::Flock<File>,
+    /// How long this run waited for another one.
+    pub waited_seconds: f64,
 }
 
 pub fn vm_lock() -> VmLock {
@@ -202,7 +204,12 @@ pub fn vm_lock() -> VmLock {
     let path = root.join(".vm.lock");
     let file = File::create(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
     let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => return VmLock { _lock: lock },
+        Ok(lock) => {
+            return VmLock {
+                _lock: lock,
+                waited_seconds: 0.0,
+            }
+        }
         Err((file, _)) => file,
     };
     progress(&format!(
@@ -213,7 +220,10 @@ pub fn vm_lock() -> VmLock {
     let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", path.display()));
     progress(&format!("got the VM lock after {:.0} s", secs(t)));
-    VmLock { _lock: lock }
+    VmLock {
+        _lock: lock,
+        waited_seconds: secs(t),
+    }
 }
 
 // ---- host-side helpers ----------------------------------------------------------------------
