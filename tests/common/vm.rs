@@ -135,7 +135,7 @@ pub fn inputs(timings: &mut Timings) -> Inputs {
         ("curl", "curl"),
         ("openssl", "openssl"),
         ("strip", "binutils"),
-        ("flock", "util-linux"),
+        ("setpriv", "util-linux"),
     ] {
         super::require_tool(tool, package);
     }
@@ -236,10 +236,27 @@ pub struct Background {
 }
 
 impl Background {
+    /// Starts `cmd` with stdout and stderr to `log`. It runs under `setpriv --pdeathsig
+    /// TERM`: if the test process dies without unwinding (a signal, a CI timeout), the
+    /// process (a VM, a bake, a server) gets SIGTERM instead of living on.
     pub fn start(name: &str, cmd: &mut Command, log: &Path) -> Background {
         let file = File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let err = file.try_clone().expect("cloning a log handle");
-        let child = cmd
+        let mut wrapped = Command::new("setpriv");
+        wrapped
+            .args(["--pdeathsig", "TERM", "--"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(v) => wrapped.env(key, v),
+                None => wrapped.env_remove(key),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        let child = wrapped
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
