@@ -37,8 +37,10 @@ e2e:
 	REGIMAGE_E2E_BINARY="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/regimage" \
 	  $(CARGO) test --test e2e -- --ignored --test-threads=1 --nocapture
 
-# e2e boots VMs (~35 min under TCG on 2 cores); both of its paths pass on this machine.
-test: lint unit e2e
+# e2e boots VMs (~40 min under TCG on 2 cores). Each of its two paths has passed on this
+# machine, but not yet one whole `make e2e` run after the last harness fix: it joins `test`
+# once it has (see the closing note of issue 4).
+test: lint unit
 
 clean:
 	$(CARGO) clean
