@@ -261,6 +261,12 @@ fn run_user_data(args: BuildArgs) -> Result<()> {
             "{} is downloaded at first boot from {url} and must have sha256 {sha256}",
             cloudinit::BINARY_PATH,
         ),
+        // Only a bake's seed gets the binary on a drive.
+        BinaryPayload::OnDrive(extent) => eprintln!(
+            "{} is copied from a drive and must have sha256 {}",
+            cloudinit::BINARY_PATH,
+            extent.sha256,
+        ),
     }
     if let Some(limit) = args.max_size {
         eprintln!("within --max-size {}", describe_limit(limit));
@@ -310,13 +316,6 @@ fn run_qcow2(args: BuildArgs) -> Result<()> {
     let config = args.config.load()?;
     let files = user_data_files(&config)?;
     let binary = read_own_binary()?;
-    if binary.len() > 32 * 1024 * 1024 {
-        eprintln!(
-            "note: the regimage binary is {} MiB (a debug build?); cloud-init parses the \
-             embedded copy slowly in a TCG guest: a release build bakes faster",
-            binary.len() / (1024 * 1024)
-        );
-    }
     let opts = BakeOptions {
         base,
         archive,
@@ -431,7 +430,7 @@ fn too_big_message(
              HEX (HEX from `sha256sum regimage`) so the machine downloads and checks it",
             user_data.binary_encoded_bytes
         ),
-        BinaryPayload::Url { .. } => format!(
+        BinaryPayload::Url { .. } | BinaryPayload::OnDrive(_) => format!(
             "{head}, even without the binary embedded. Use fewer clients or a cloud with a \
              larger limit (NoCloud has none)"
         ),

@@ -12,8 +12,9 @@
 //!
 //! Two [`Mode`]s share this one builder. [`Mode::FirstBoot`] is cloud user-data: the machine
 //! installs everything and starts regimage-firstboot.service itself. [`Mode::Bake`] is the
-//! seed of `regimage build --format qcow2`'s throwaway VM: the same packages, users, files and
-//! binary, plus the registry image archive read from a second drive; first boot is enabled but
+//! seed of `regimage build --format qcow2`'s throwaway VM: the same packages, users and files,
+//! plus the binary and the registry image archive read from a second drive (cloud-init parses
+//! a seed with the binary embedded for minutes under TCG); first boot is enabled but
 //! not started, and once cloud-init has finished a transient unit resets the image for its real
 //! first boot (no SSH host keys, no keys of any kind, machine-id uninitialized, no seed, no
 //! cloud-init state or logs) and powers the VM off. Progress goes to the console as lines
@@ -52,9 +53,10 @@ const TEXT_INLINE_MAX: usize = 2048;
 /// Where the bake leaves the pinned registry image (an oci-archive) for first boot's
 /// `podman load`: root-only, like the rest of the state directory.
 pub const REGISTRY_ARCHIVE_PATH: &str = "/var/lib/regimage/registry-image.oci.tar";
-/// Serial number of the bake VM's read-only drive that carries the archive; udev names it
-/// /dev/disk/by-id/virtio-<serial> (virtio-blk serials hold at most 20 bytes).
-pub const ARCHIVE_DRIVE_SERIAL: &str = "regimage-archive";
+/// Serial number of the bake VM's read-only drive that carries the registry image archive
+/// and the binary; udev names it /dev/disk/by-id/virtio-<serial> (virtio-blk serials hold
+/// at most 20 bytes).
+pub const PAYLOAD_DRIVE_SERIAL: &str = "regimage-payload";
 /// Every progress line the bake guest prints on its console starts with this.
 pub const BAKE_PROGRESS_PREFIX: &str = "regimage-bake: ";
 /// The last progress step of a good bake: the image is reset and the VM powers off. The
@@ -80,12 +82,18 @@ pub enum Mode {
     /// starts regimage-firstboot.service.
     #[default]
     FirstBoot,
-    /// The seed of a bake VM; the archive drive holds `archive_size` bytes of the registry
-    /// image archive (then zero padding) whose sha256 is `archive_sha256` (64 hex digits).
-    Bake {
-        archive_size: u64,
-        archive_sha256: String,
-    },
+    /// The seed of a bake VM; the registry image archive is this extent of the payload
+    /// drive.
+    Bake { archive: DriveExtent },
+}
+
+/// A file laid on the bake VM's payload drive: `size` bytes from byte `offset` (a whole
+/// number of sectors), whose sha256 is `sha256` (64 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveExtent {
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: String,
 }
 
 /// How the machine gets the regimage binary.
@@ -96,6 +104,9 @@ pub enum BinaryPayload {
     /// Downloaded at first boot with curl and checked with `sha256sum -c`; a mismatch stops
     /// the runcmd script, so the binary is not installed and first boot never starts.
     Url { url: String, sha256: String },
+    /// Copied from the bake VM's payload drive and checked the same way ([`Mode::Bake`]
+    /// only).
+    OnDrive(DriveExtent),
 }
 
 /// The user-data text and what went into it, for the build summary.
@@ -188,8 +199,8 @@ pub fn user_data_tree_for(
     mode: &Mode,
 ) -> Result<(Value, usize, usize)> {
     let info = distro.info();
-    if let Mode::Bake { archive_sha256, .. } = mode {
-        check_sha256(archive_sha256).map_err(anyhow::Error::msg)?;
+    if let Mode::Bake { archive } = mode {
+        check_sha256(&archive.sha256).map_err(anyhow::Error::msg)?;
     }
     let mut seen = HashSet::new();
     let mut write_files = Vec::with_capacity(files.len() + 1);
@@ -223,6 +234,12 @@ pub fn user_data_tree_for(
             check_binary_url(url).map_err(anyhow::Error::msg)?;
             check_sha256(sha256).map_err(anyhow::Error::msg)?;
         }
+        BinaryPayload::OnDrive(extent) => {
+            if *mode == Mode::FirstBoot {
+                bail!("the binary comes on a drive only in a bake VM's seed");
+            }
+            check_sha256(&extent.sha256).map_err(anyhow::Error::msg)?;
+        }
     }
 
     let mut users = Vec::with_capacity(3);
@@ -250,15 +267,9 @@ pub fn user_data_tree_for(
     ];
     match mode {
         Mode::FirstBoot => tree.push(("runcmd", Value::Seq(runcmd(binary, distro)))),
-        Mode::Bake {
-            archive_size,
-            archive_sha256,
-        } => {
+        Mode::Bake { archive } => {
             tree.push(("bootcmd", Value::Seq(bake_bootcmd())));
-            tree.push((
-                "runcmd",
-                Value::Seq(bake_runcmd(distro, *archive_size, archive_sha256)),
-            ));
+            tree.push(("runcmd", Value::Seq(bake_runcmd(distro, archive, binary)?)));
         }
     }
     Ok((Value::map(tree), raw, encoded))
@@ -528,14 +539,18 @@ systemctl poweroff
         .replace("@DONE@", BAKE_DONE_STEP)
 }
 
-/// runcmd of the bake: check the packages, install the registry image archive from its
-/// drive, enable first boot without starting it.
-fn bake_runcmd(distro: Distro, archive_size: u64, archive_sha256: &str) -> Vec<Value> {
+/// runcmd of the bake: check the packages, copy the registry image archive (and the binary,
+/// when it comes on the drive) from the payload drive, enable first boot without starting
+/// it.
+fn bake_runcmd(
+    distro: Distro,
+    archive: &DriveExtent,
+    binary: &BinaryPayload,
+) -> Result<Vec<Value>> {
     let info = distro.info();
-    let device = format!("/dev/disk/by-id/virtio-{ARCHIVE_DRIVE_SERIAL}");
-    let part = format!("{REGISTRY_ARCHIVE_PATH}.part");
+    let device = format!("/dev/disk/by-id/virtio-{PAYLOAD_DRIVE_SERIAL}");
     let packages = info.packages.join(" ");
-    vec![
+    let mut cmds = vec![
         Value::str("set -eu"),
         Value::Str(format!(
             "trap 'rc=$?; if [ \"$rc\" -ne 0 ]; then echo \"{BAKE_PROGRESS_PREFIX}{BAKE_FAILED_STEP}: \
@@ -560,7 +575,6 @@ fn bake_runcmd(distro: Distro, archive_size: u64, archive_sha256: &str) -> Vec<V
              disable {}\\nenable {FIRSTBOOT_UNIT}\\n' > {BAKE_PRESET_PATH}",
             info.distro_nginx_unit
         )),
-        bake_say("copying the registry image archive from its drive"),
         Value::strs([
             "install", "-d", "-m", "0700", "-o", "root", "-g", "root", STATE_DIR,
         ]),
@@ -568,18 +582,33 @@ fn bake_runcmd(distro: Distro, archive_size: u64, archive_sha256: &str) -> Vec<V
         Value::Str(format!(
             "test -b {device} || {{ echo \"{BAKE_PROGRESS_PREFIX}{BAKE_FAILED_STEP}: {device} is missing\"; exit 1; }}"
         )),
-        // The drive is the archive padded to whole sectors: read exactly its bytes.
-        Value::Str(format!(
-            "(umask 077; head -c {archive_size} {device} > {part})"
-        )),
-        Value::Str(format!(
-            "echo '{archive_sha256}  {part}' | sha256sum --check --strict --quiet - || {{ echo \
-             \"{BAKE_PROGRESS_PREFIX}{BAKE_FAILED_STEP}: the archive read from {device} does not \
-             have sha256 {archive_sha256}\"; exit 1; }}"
-        )),
-        Value::strs(["chown", "root:root", &part]),
-        Value::strs(["chmod", "0600", &part]),
-        Value::strs(["mv", "-f", &part, REGISTRY_ARCHIVE_PATH]),
+        bake_say("copying the registry image archive from its drive"),
+    ];
+    cmds.extend(copy_from_drive(
+        &device,
+        archive,
+        REGISTRY_ARCHIVE_PATH,
+        "0600",
+        "registry image archive",
+    ));
+    match binary {
+        BinaryPayload::OnDrive(extent) => {
+            cmds.push(bake_say("copying the regimage binary from its drive"));
+            cmds.extend(copy_from_drive(
+                &device,
+                extent,
+                BINARY_PATH,
+                "0755",
+                "regimage binary",
+            ));
+        }
+        // Written by write_files.
+        BinaryPayload::Embedded(_) => {}
+        BinaryPayload::Url { .. } => {
+            bail!("a bake gets the binary embedded or on its drive, not from a URL")
+        }
+    }
+    cmds.extend([
         bake_say(&format!("enabling {FIRSTBOOT_UNIT} for the first boot")),
         // Proves the binary runs on this distribution's libc before the image is kept.
         Value::strs([BINARY_PATH, "--version"]),
@@ -588,6 +617,39 @@ fn bake_runcmd(distro: Distro, archive_size: u64, archive_sha256: &str) -> Vec<V
         Value::strs(["systemctl", "enable", FIRSTBOOT_UNIT]),
         Value::strs(["touch", BAKE_PAYLOAD_DONE]),
         bake_say("payload applied; the image is reset once cloud-init has finished"),
+    ]);
+    Ok(cmds)
+}
+
+/// Commands that copy `extent` of `device` to `dest` (root-owned, `mode`) through a `.part`
+/// file beside it, checked against its sha256 before the rename.
+fn copy_from_drive(
+    device: &str,
+    extent: &DriveExtent,
+    dest: &str,
+    mode: &str,
+    what: &str,
+) -> Vec<Value> {
+    let part = format!("{dest}.part");
+    let DriveExtent {
+        offset,
+        size,
+        sha256,
+    } = extent;
+    vec![
+        // The drive holds each file padded to whole sectors: read exactly its bytes.
+        Value::Str(format!(
+            "(umask 077; dd if={device} iflag=skip_bytes,count_bytes skip={offset} \
+             count={size} bs=1M status=none > {part})"
+        )),
+        Value::Str(format!(
+            "echo '{sha256}  {part}' | sha256sum --check --strict --quiet - || {{ echo \
+             \"{BAKE_PROGRESS_PREFIX}{BAKE_FAILED_STEP}: the {what} read from {device} does not \
+             have sha256 {sha256}\"; exit 1; }}"
+        )),
+        Value::strs(["chown", "root:root", &part]),
+        Value::strs(["chmod", mode, &part]),
+        Value::strs(["mv", "-f", &part, dest]),
     ]
 }
 
@@ -827,19 +889,35 @@ mod tests {
     #[test]
     fn bake_mode_document() {
         let config = Config::default();
-        let bin = BinaryPayload::Embedded(b"\x7fELF fake".to_vec());
         let sha = "ab".repeat(32);
+        let bin_sha = "cd".repeat(32);
+        let bin = BinaryPayload::OnDrive(DriveExtent {
+            offset: 7494144,
+            size: 8_000_001,
+            sha256: bin_sha.clone(),
+        });
         let mode = Mode::Bake {
-            archive_size: 7494144,
-            archive_sha256: sha.clone(),
+            archive: DriveExtent {
+                offset: 0,
+                size: 7494100,
+                sha256: sha.clone(),
+            },
         };
         let bake =
             build_user_data_for(&config, &sample_files(), &bin, Distro::Debian13, &mode).unwrap();
-        let first = build_user_data(&config, &sample_files(), &bin, Distro::Debian13).unwrap();
+        let url = BinaryPayload::Url {
+            url: "https://example.com/regimage".into(),
+            sha256: bin_sha.clone(),
+        };
+        let first = build_user_data(&config, &sample_files(), &url, Distro::Debian13).unwrap();
         let tree = &bake.tree;
-        // The same packages and files (binary included) as the user-data.
+        // The same packages and files as the user-data; the binary is not in the document.
         assert_eq!(tree.get("packages"), first.tree.get("packages"));
         assert_eq!(tree.get("write_files"), first.tree.get("write_files"));
+        assert!(items(tree, "write_files")
+            .iter()
+            .all(|f| f.get("path") != Some(&Value::str(BINARY_PATH))));
+        assert!(bake.text.len() < 64 * 1024, "{}", bake.text.len());
         // No cloud login user is made in the bake; the service users are.
         let users = items(tree, "users");
         assert_eq!(users.len(), 2);
@@ -847,10 +925,32 @@ mod tests {
 
         let runcmd = items(tree, "runcmd");
         let text = format!("{runcmd:?}");
+        let device = format!("/dev/disk/by-id/virtio-{PAYLOAD_DRIVE_SERIAL}");
         assert!(text.contains(&format!(
-            "head -c 7494144 /dev/disk/by-id/virtio-{ARCHIVE_DRIVE_SERIAL}"
+            "dd if={device} iflag=skip_bytes,count_bytes skip=0 count=7494100 bs=1M status=none \
+             > {REGISTRY_ARCHIVE_PATH}.part"
         )));
         assert!(text.contains(&format!("{sha}  {REGISTRY_ARCHIVE_PATH}.part")));
+        assert!(text.contains(&format!(
+            "dd if={device} iflag=skip_bytes,count_bytes skip=7494144 count=8000001 bs=1M \
+             status=none > {BINARY_PATH}.part"
+        )));
+        assert!(text.contains(&format!("{bin_sha}  {BINARY_PATH}.part")));
+        let pos = |v: &Value| runcmd.iter().position(|c| c == v).unwrap();
+        let binary_in_place = pos(&Value::strs([
+            "mv",
+            "-f",
+            &format!("{BINARY_PATH}.part"),
+            BINARY_PATH,
+        ]));
+        assert!(
+            pos(&Value::strs([
+                "chmod",
+                "0755",
+                &format!("{BINARY_PATH}.part")
+            ])) < binary_in_place
+        );
+        assert!(binary_in_place < pos(&Value::strs([BINARY_PATH, "--version"])));
         assert!(runcmd.contains(&Value::strs([
             "mv",
             "-f",
@@ -923,13 +1023,31 @@ mod tests {
         let body = bake.text.split_once('\n').unwrap().1;
         let parsed: serde_json::Value = serde_yaml_ng::from_str(body).unwrap();
         assert_eq!(parsed, bake.tree.to_json());
-        // A malformed archive digest is refused.
+        // A malformed digest is refused, and so is a binary the mode cannot deliver.
         let bad = Mode::Bake {
-            archive_size: 1,
-            archive_sha256: "xyz".into(),
+            archive: DriveExtent {
+                offset: 0,
+                size: 1,
+                sha256: "xyz".into(),
+            },
         };
+        let build = |bin: &BinaryPayload, mode: &Mode| {
+            build_user_data_for(&config, &sample_files(), bin, Distro::Debian13, mode)
+        };
+        assert!(build(&bin, &bad).is_err());
+        let bad_bin = BinaryPayload::OnDrive(DriveExtent {
+            offset: 512,
+            size: 1,
+            sha256: "xyz".into(),
+        });
+        assert!(build(&bad_bin, &mode).is_err());
+        assert!(build(&url, &mode).is_err());
+        assert!(build(&bin, &Mode::FirstBoot).is_err());
+        // An embedded binary still works in a bake: written by write_files, not copied.
+        let embedded = build(&BinaryPayload::Embedded(b"\x7fELF".to_vec()), &mode).unwrap();
+        assert!(format!("{:?}", embedded.tree.get("write_files")).contains(BINARY_PATH));
         assert!(
-            build_user_data_for(&config, &sample_files(), &bin, Distro::Debian13, &bad).is_err()
+            !format!("{:?}", embedded.tree.get("runcmd")).contains(&format!("{BINARY_PATH}.part"))
         );
     }
 

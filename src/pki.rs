@@ -306,36 +306,43 @@ impl LoadedCa {
     }
 }
 
-/// Reads and checks an existing CA; `None` when neither file exists. Anything else that is
-/// not a usable CA (one file without the other, a key that does not match, an expired or
-/// non-CA certificate) is an error: a CA is never replaced behind the operator's back.
-fn load_ca(
-    cert_path: &Path,
-    key_path: &Path,
-    label: &str,
-    now: OffsetDateTime,
-) -> Result<Option<LoadedCa>> {
+/// What [`load_ca`] found of a CA.
+enum FoundCa {
+    /// Neither file: a new CA is made.
+    Nothing,
+    /// The key without its certificate: what a power cut between the two writes of a new
+    /// CA leaves (the key is written first). No certificate can have left the machine
+    /// without its key, so a certificate is issued again from that key.
+    KeyOnly(KeyPair),
+    /// Both, checked.
+    Whole(LoadedCa),
+}
+
+/// Reads and checks an existing CA. Anything that is not a usable CA, a lone key aside (a
+/// certificate without its key, a key that does not match, an expired or non-CA
+/// certificate), is an error: a CA is never replaced behind the operator's back.
+fn load_ca(cert_path: &Path, key_path: &Path, label: &str, now: OffsetDateTime) -> Result<FoundCa> {
     let keep_advice = "regimage never replaces a CA by itself";
     let new_ca_advice =
         "or move both files away to make a new CA (every client then needs a new bundle)";
     let cert_pem = read_optional(cert_path)?;
     let key_pem = read_optional(key_path)?;
+    let broken = |what: String| {
+        anyhow::anyhow!("the {label} {what}; {keep_advice}: fix it, {new_ca_advice}")
+    };
     let (cert_pem, key_pem) = match (cert_pem, key_pem) {
-        (None, None) => return Ok(None),
+        (None, None) => return Ok(FoundCa::Nothing),
         (Some(_), None) => bail!(
             "the {label} certificate {} exists but its key {} is missing; {keep_advice}: restore the key, {new_ca_advice}",
             cert_path.display(),
             key_path.display()
         ),
-        (None, Some(_)) => bail!(
-            "the {label} key {} exists but its certificate {} is missing; {keep_advice}: restore the certificate, {new_ca_advice}",
-            key_path.display(),
-            cert_path.display()
-        ),
+        (None, Some(k)) => {
+            let key = KeyPair::from_pem(&k)
+                .map_err(|e| broken(format!("key {} does not parse ({e})", key_path.display())))?;
+            return Ok(FoundCa::KeyOnly(key));
+        }
         (Some(c), Some(k)) => (c, k),
-    };
-    let broken = |what: String| {
-        anyhow::anyhow!("the {label} {what}; {keep_advice}: fix it, {new_ca_advice}")
     };
     let der = pem_to_der(&cert_pem).map_err(|e| {
         broken(format!(
@@ -372,7 +379,7 @@ fn load_ca(
             rfc3339(not_after)
         )));
     }
-    Ok(Some(LoadedCa {
+    Ok(FoundCa::Whole(LoadedCa {
         cert_path: cert_path.to_path_buf(),
         cert_pem,
         key_pem,
@@ -391,21 +398,24 @@ struct CaSpec<'a> {
 }
 
 fn ensure_ca(
-    existing: Option<LoadedCa>,
+    existing: FoundCa,
     spec: &CaSpec<'_>,
     config: &Config,
     now: OffsetDateTime,
     report: &mut PkiReport,
 ) -> Result<LoadedCa> {
-    if let Some(ca) = existing {
-        set_mode(spec.key, KEY_MODE, None)?;
-        set_mode(spec.cert, spec.cert_mode, spec.cert_group)?;
-        report.file(spec.key, Action::Kept, None);
-        report.file(spec.cert, Action::Kept, None);
-        report.cert(spec.role, &spec.cn, spec.cert, &ca.der, Action::Kept)?;
-        return Ok(ca);
-    }
-    let key = generate_key(config.pki.key_algorithm)?;
+    let (key, key_action) = match existing {
+        FoundCa::Whole(ca) => {
+            set_mode(spec.key, KEY_MODE, None)?;
+            set_mode(spec.cert, spec.cert_mode, spec.cert_group)?;
+            report.file(spec.key, Action::Kept, None);
+            report.file(spec.cert, Action::Kept, None);
+            report.cert(spec.role, &spec.cn, spec.cert, &ca.der, Action::Kept)?;
+            return Ok(ca);
+        }
+        FoundCa::KeyOnly(key) => (key, Action::Kept),
+        FoundCa::Nothing => (generate_key(config.pki.key_algorithm)?, Action::Made),
+    };
     let mut params = CertificateParams::default();
     params.distinguished_name = subject(&config.organization, Some(&spec.cn));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -419,15 +429,22 @@ fn ensure_ca(
     let key_pem = key.serialize_pem();
     let cert_pem = cert.pem();
     // The key first: a certificate on disk always has its key.
-    write(spec.key, key_pem.as_bytes(), KEY_MODE, None)?;
+    if key_action == Action::Made {
+        write(spec.key, key_pem.as_bytes(), KEY_MODE, None)?;
+        report.file(spec.key, Action::Made, None);
+    } else {
+        set_mode(spec.key, KEY_MODE, None)?;
+        report.file(spec.key, Action::Kept, None);
+    }
     write(
         spec.cert,
         cert_pem.as_bytes(),
         spec.cert_mode,
         spec.cert_group,
     )?;
-    report.file(spec.key, Action::Made, None);
-    report.file(spec.cert, Action::Made, None);
+    let reason = (key_action == Action::Kept)
+        .then(|| "the certificate was missing; issued again from the existing key".to_string());
+    report.file(spec.cert, Action::Made, reason);
     let der = cert.der().to_vec();
     report.cert(spec.role, &spec.cn, spec.cert, &der, Action::Made)?;
     Ok(LoadedCa {
@@ -1216,8 +1233,10 @@ mod tests {
             "client CA",
             OffsetDateTime::now_utc(),
         )
-        .unwrap()
         .unwrap();
+        let FoundCa::Whole(ca) = ca else {
+            panic!("the client CA is not whole")
+        };
         let key = generate_key(KeyAlgorithm::EcdsaP256).unwrap();
         let mut params = CertificateParams::default();
         params.distinguished_name = subject("Example Org", Some("laptop"));
@@ -1263,19 +1282,22 @@ mod tests {
         );
         assert_eq!(snapshot(&p.dir), before);
 
-        // Key without certificate, for the client CA.
+        // An unparsable key without its certificate.
         let dir2 = tempfile::tempdir().unwrap();
         let (p2, _) = make(dir2.path(), KeyAlgorithm::EcdsaP256);
         fs::remove_file(&p2.client_ca_cert).unwrap();
+        let good_key = fs::read(&p2.client_ca_key).unwrap();
+        fs::write(&p2.client_ca_key, b"not a key").unwrap();
         let before = snapshot(&p2.dir);
         let e = ensure_pki(&p2, &cfg, &sans(), None)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("client CA key") && e.contains("is missing"),
+            e.contains("client CA key") && e.contains("does not parse"),
             "{e}"
         );
         assert_eq!(snapshot(&p2.dir), before);
+        fs::write(&p2.client_ca_key, good_key).unwrap();
 
         // A key that belongs to another CA.
         let dir3 = tempfile::tempdir().unwrap();
@@ -1296,6 +1318,57 @@ mod tests {
         assert!(ensure_pki(&p4, &cfg, &sans(), None).is_err());
         assert_eq!(snapshot(&p4.dir).len(), 1);
         assert!(!p4.private_dir.exists());
+    }
+
+    #[test]
+    fn ca_key_without_certificate_gets_its_certificate_again() {
+        // What a power cut between the CA key's write and its certificate's leaves.
+        let dir = tempfile::tempdir().unwrap();
+        let (p, first) = make(dir.path(), KeyAlgorithm::EcdsaP256);
+        let cfg = config(KeyAlgorithm::EcdsaP256);
+        let key = fs::read(&p.client_ca_key).unwrap();
+        let client = fs::read(p.client_cert("ci")).unwrap();
+        fs::remove_file(&p.client_ca_cert).unwrap();
+        let report = ensure_pki(&p, &cfg, &sans(), None).unwrap();
+        // The key is kept; a certificate is made for it; the client certificate it signed
+        // still verifies against the new one, so it is kept too.
+        assert_eq!(fs::read(&p.client_ca_key).unwrap(), key);
+        assert_eq!(mode(&p.client_ca_key), 0o600);
+        let ca = report.certificate("client-ca", None).unwrap();
+        assert_eq!(ca.action, Action::Made);
+        assert_ne!(
+            ca.sha256,
+            first.certificate("client-ca", None).unwrap().sha256
+        );
+        let cert_file = report
+            .files
+            .iter()
+            .find(|f| f.path == p.client_ca_cert)
+            .unwrap();
+        assert!(cert_file
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("existing key"));
+        let client_report = report.certificate("client", Some("ci")).unwrap();
+        assert_eq!(client_report.action, Action::Kept);
+        assert_eq!(fs::read(p.client_cert("ci")).unwrap(), client);
+        let verify = openssl(&[
+            "verify",
+            "-CAfile",
+            s(&p.client_ca_cert),
+            s(&p.client_cert("ci")),
+        ]);
+        assert!(verify.contains(": OK"), "{verify}");
+        // The key matches the new certificate.
+        let pubkey = |args: &[&str]| openssl(args);
+        assert_eq!(
+            pubkey(&["pkey", "-in", s(&p.client_ca_key), "-pubout"]),
+            pubkey(&["x509", "-in", s(&p.client_ca_cert), "-noout", "-pubkey"])
+        );
+        // And the next run keeps everything.
+        let again = ensure_pki(&p, &cfg, &sans(), None).unwrap();
+        assert!(again.files.iter().all(|f| f.action == Action::Kept));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `regimage build --format qcow2` and `regimage fetch-image` without a real VM or network.
 //!
 //! A shell script stands in for qemu-system-x86_64 (REGIMAGE_QEMU_SYSTEM): it records the
-//! seed and the archive drive it was given, writes a console log like a guest's, writes into
+//! seed and the payload drive it was given, writes a console log like a guest's, writes into
 //! the overlay with qemu-io, and exits, fails, or hangs. Everything else is real: qemu-img,
 //! genisoimage, the OCI archive check, the conversion, the signals. The Ubuntu base download
 //! is tested against an HTTP server on 127.0.0.1. The real bake (a TCG VM, 10-20 minutes) is
@@ -91,20 +91,20 @@ fn fake_qemu(dir: &Path) -> PathBuf {
     let script = format!(
         r#"#!/bin/sh
 rec='{rec}'
-serial= overlay= seed= archive= kvm=no
+serial= overlay= seed= payload= kvm=no
 for a in "$@"; do
   case "$a" in
     file:*) serial="${{a#file:}}" ;;
     if=none,id=disk0,file=*) overlay=$(echo "$a" | sed 's/^if=none,id=disk0,file=\([^,]*\),.*/\1/') ;;
     if=none,id=seed,file=*) seed=$(echo "$a" | sed 's/^if=none,id=seed,file=\([^,]*\),.*/\1/') ;;
-    if=none,id=archive,file=*) archive=$(echo "$a" | sed 's/^if=none,id=archive,file=\([^,]*\),.*/\1/') ;;
+    if=none,id=payload,file=*) payload=$(echo "$a" | sed 's/^if=none,id=payload,file=\([^,]*\),.*/\1/') ;;
     kvm) kvm=yes ;;
   esac
 done
 echo "$@" >> "$rec/args"
 echo $$ > "$rec/pid"
 cp "$seed" "$rec/seed.iso"
-cp "$archive" "$rec/archive.img"
+cp "$payload" "$rec/payload.img"
 if [ "$FAKE_MODE" = kvmfail ] && [ "$kvm" = yes ]; then
   echo "KVM internal error. Suberror: 1" >&2
   exec sleep 600
@@ -121,6 +121,10 @@ case "$FAKE_MODE" in
     exit 0 ;;
   hang)
     printf 'Linux version 6.12.0 (fake)\n{prefix}installing\n' > "$serial"
+    exec sleep 600 ;;
+  panic)
+    printf 'Linux version 6.12.0 (fake)\n{prefix}installing\n' > "$serial"
+    printf '[   96.7] Kernel panic - not syncing: Fatal exception in interrupt\r\n' >> "$serial"
     exec sleep 600 ;;
 esac
 exit 9
@@ -300,17 +304,30 @@ fn bake_writes_a_flat_compressed_image_and_never_touches_the_base() {
     assert!(user_data.starts_with("#cloud-config\n"));
     assert!(user_data.contains("bootcmd:"));
     let archive = fs::read(&t.archive).unwrap();
+    let device = "/dev/disk/by-id/virtio-regimage-payload";
     assert!(user_data.contains(&format!(
-        "head -c {} /dev/disk/by-id/virtio-regimage-archive",
+        "dd if={device} iflag=skip_bytes,count_bytes skip=0 count={} ",
         archive.len()
     )));
     assert!(user_data.contains(&sha_hex(&archive)));
     assert!(iso_file(&seed, "meta-data").starts_with("instance-id: regimage-bake-"));
-    // The archive drive: the archive, zero-padded to whole sectors.
-    let drive = fs::read(t.record("archive.img")).unwrap();
+    // The payload drive: the archive, then the binary that ran the build, each from a
+    // sector boundary, zero-padded to whole sectors.
+    let drive = fs::read(t.record("payload.img")).unwrap();
     assert_eq!(drive.len() % 512, 0);
     assert_eq!(&drive[..archive.len()], &archive[..]);
-    assert!(drive[archive.len()..].iter().all(|&b| b == 0));
+    let offset = archive.len().div_ceil(512) * 512;
+    assert!(drive[archive.len()..offset].iter().all(|&b| b == 0));
+    let binary = fs::read(env!("CARGO_BIN_EXE_regimage")).unwrap();
+    assert_eq!(&drive[offset..offset + binary.len()], &binary[..]);
+    assert!(drive[offset + binary.len()..].iter().all(|&b| b == 0));
+    assert!(user_data.contains(&format!(
+        "dd if={device} iflag=skip_bytes,count_bytes skip={offset} count={} ",
+        binary.len()
+    )));
+    assert!(user_data.contains(&sha_hex(&binary)));
+    // The seed stays small: cloud-init parses it in every stage.
+    assert!(user_data.len() < 64 * 1024, "{}", user_data.len());
 }
 
 #[test]
@@ -388,6 +405,26 @@ fn timeout_stops_the_vm_and_writes_nothing() {
     );
     assert!(started.elapsed() < Duration::from_secs(120));
     assert!(t.fake_pid_is_dead(), "the VM was not stopped");
+    t.assert_no_output();
+}
+
+#[test]
+fn kernel_panic_stops_the_vm_at_once_and_writes_nothing() {
+    let t = Setup::new();
+    let base = make_base(t.dir.path(), "qcow2");
+    // The default timeout is far away: the panic line, not the deadline, ends the bake.
+    let out = output(&mut t.command(&base, "panic", &["--accel", "tcg"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the guest's kernel panicked ([   96.7] Kernel panic - not syncing"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was"), "{stderr}");
+    assert!(t.fake_pid_is_dead(), "the VM was not stopped");
+    // One vCPU under TCG (see qemu::vcpus).
+    let args = fs::read_to_string(t.record("args")).unwrap();
+    assert!(args.contains("-smp 1 "), "{args}");
     t.assert_no_output();
 }
 
@@ -818,15 +855,19 @@ fn bake_seed_passes_cloud_init_schema() {
     let dir = test_dir("regimage-bake-schema-");
     let config = regimage::config::Config::default();
     let files = regimage::build::user_data_files(&config).unwrap();
+    let extent = |offset, size, sha: &str| regimage::cloudinit::DriveExtent {
+        offset,
+        size,
+        sha256: sha.repeat(32),
+    };
     let mode = regimage::cloudinit::Mode::Bake {
-        archive_size: 7494144,
-        archive_sha256: "ab".repeat(32),
+        archive: extent(0, 7494100, "ab"),
     };
     for distro in regimage::distro::Distro::all() {
         let ud = regimage::cloudinit::build_user_data_for(
             &config,
             &files,
-            &regimage::cloudinit::BinaryPayload::Embedded(b"\x7fELF".to_vec()),
+            &regimage::cloudinit::BinaryPayload::OnDrive(extent(7494144, 8_000_000, "cd")),
             distro,
             &mode,
         )

@@ -239,10 +239,11 @@ pub fn host_identity(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Step 2: the certificates. Existing valid ones are kept; a CA is never made again.
+/// Step 2: the certificates. Existing valid ones are kept; a CA is never made again (a CA
+/// key left without its certificate by a kill between the two writes gets its certificate
+/// again, from that key: see pki.rs).
 pub fn pki(ctx: &mut Ctx<'_>) -> Result<()> {
     let paths = PkiPaths::new(ctx.root);
-    recover_orphan_ca_keys(ctx, &paths)?;
     if ctx.opts.dry_run {
         let mut files = vec![
             paths.ca_cert.clone(),
@@ -281,38 +282,6 @@ pub fn pki(ctx: &mut Ctx<'_>) -> Result<()> {
         }
     }
     ctx.pki = Some(report);
-    Ok(())
-}
-
-/// A CA key without its certificate, on a machine whose first boot never finished and with
-/// no certificate of that CA around, is what a kill between pki.rs writing the key and the
-/// certificate leaves. No certificate of that CA ever existed, so no client trusts it: the
-/// key goes, and the PKI step makes the CA. Anything else stays an error of pki.rs.
-fn recover_orphan_ca_keys(ctx: &mut Ctx<'_>, paths: &PkiPaths) -> Result<()> {
-    if ctx.path(render::FIRSTBOOT_DONE_PATH).exists() {
-        return Ok(());
-    }
-    let any_client_cert = ctx
-        .config
-        .clients
-        .iter()
-        .any(|c| paths.client_cert(c).exists());
-    let pairs = [
-        (&paths.ca_key, &paths.ca_cert, paths.server_cert.exists()),
-        (&paths.client_ca_key, &paths.client_ca_cert, any_client_cert),
-    ];
-    for (key, cert, leaves) in pairs {
-        if key.exists() && !cert.exists() && !leaves {
-            let k = key.clone();
-            ctx.change(
-                format!(
-                    "remove {}: a CA key whose certificate was never written (an interrupted run)",
-                    key.display()
-                ),
-                move |_| fs::remove_file(&k).with_context(|| format!("removing {}", k.display())),
-            )?;
-        }
-    }
     Ok(())
 }
 

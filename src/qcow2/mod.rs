@@ -4,7 +4,7 @@
 //! 1. prepare: check the registry image archive against the pin, resolve the base (a file,
 //!    or the official cloud image, downloaded and verified), make a copy-on-write overlay of
 //!    it in a temporary directory beside the output (the base is only read), the seed ISO
-//!    and the archive drive;
+//!    and the payload drive (the archive and the binary);
 //! 2. boot+bake: boot the overlay in QEMU (KVM or TCG), where cloud-init applies the payload
 //!    of [`crate::cloudinit::Mode::Bake`], resets the image and powers off; the guest's
 //!    console goes to `OUT.serial.log` and its `regimage-bake:` steps to the progress line;
@@ -71,7 +71,7 @@ pub struct BakeOptions {
     pub distro: Distro,
     pub memory_mib: u32,
     pub timeout: Duration,
-    /// The regimage binary to install in the image (embedded in the seed).
+    /// The regimage binary to install in the image (on the payload drive).
     pub binary: Vec<u8>,
     /// Where an official base is cached (`None`: [`base::cache_dir`]).
     pub cache_dir: Option<PathBuf>,
@@ -188,14 +188,17 @@ pub fn bake_with(
     let overlay = work.path().join("overlay.qcow2");
     let disk_size = info.virtual_size.max(MIN_DISK_BYTES);
     qemu::create_overlay(&qemu_img, &base_path, &info.format, &overlay, disk_size)?;
-    let drive = seed::make_archive_drive(&opts.archive, &work.path().join("archive.img"))?;
+    let drive = seed::make_payload_drive(
+        &opts.archive,
+        &opts.binary,
+        &work.path().join("payload.img"),
+    )?;
     check(progress)?;
 
     let mode = Mode::Bake {
-        archive_size: drive.size,
-        archive_sha256: drive.sha256.clone(),
+        archive: drive.archive.clone(),
     };
-    let payload = BinaryPayload::Embedded(opts.binary.clone());
+    let payload = BinaryPayload::OnDrive(drive.binary.clone());
     let user_data = cloudinit::build_user_data_for(config, files, &payload, opts.distro, &mode)
         .context("building the bake's cloud-config")?;
     let seed_iso = seed::make_seed_iso(
@@ -221,7 +224,7 @@ pub fn bake_with(
     let spec = qemu::VmSpec {
         overlay: overlay.clone(),
         seed_iso,
-        archive_drive: drive.path.clone(),
+        payload_drive: drive.path.clone(),
         serial_log: serial_log.clone(),
         qemu_log: work.path().join("qemu.log"),
         memory_mib: opts.memory_mib,
@@ -276,6 +279,15 @@ pub fn bake_with(
                     "the guest's console so far is in {}",
                     serial_log.display()
                 )));
+            }
+            VmEnd::KernelPanic(line) => {
+                progress.clear();
+                bail!(
+                    "the guest's kernel panicked ({line}); the VM was stopped and nothing was \
+                     written. Run the build again; if it panics again, the console log has the \
+                     kernel's report.\n{}",
+                    failure_details(&serial_log, &outcome.qemu_log_tail)
+                );
             }
             VmEnd::TimedOut => {
                 progress.clear();

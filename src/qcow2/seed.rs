@@ -1,17 +1,18 @@
 //! The bake VM's inputs besides its disk: the NoCloud seed (an ISO 9660 image with volume
-//! id `cidata` holding `user-data` and `meta-data`, made with genisoimage) and the registry
-//! image archive as a raw drive (a copy padded with zeros to whole 512-byte sectors).
+//! id `cidata` holding `user-data` and `meta-data`, made with genisoimage) and the payload
+//! drive: the registry image archive and the regimage binary on one raw, read-only drive.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::cloudinit::DriveExtent;
 use crate::cmd::CommandRunExt as _;
 
-/// Sector size of the archive drive.
+/// Sector size of the payload drive.
 const SECTOR: u64 = 512;
 
 /// Finds genisoimage (or says which package brings it).
@@ -60,47 +61,63 @@ pub fn make_seed_iso(
     Ok(iso)
 }
 
-/// The archive as the guest will check it.
+/// The bake VM's payload drive: the registry image archive, then the regimage binary, each
+/// from a sector boundary and zero-padded to whole sectors.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchiveDrive {
+pub struct PayloadDrive {
     pub path: PathBuf,
-    /// The archive's own size (the drive is this, rounded up to whole sectors).
-    pub size: u64,
-    pub sha256: String,
+    pub archive: DriveExtent,
+    pub binary: DriveExtent,
 }
 
-/// Copies `archive` to `drive`, hashing it, and pads the copy with zeros to a multiple of
-/// 512 bytes (a block device has whole sectors; the guest reads back exactly `size` bytes).
-pub fn make_archive_drive(archive: &Path, drive: &Path) -> Result<ArchiveDrive> {
-    let src = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
-    let mut reader = BufReader::new(src);
+/// Writes the payload drive at `drive` (see [`PayloadDrive`]), hashing each part as it is
+/// copied: the guest checks what it reads against these digests.
+pub fn make_payload_drive(archive: &Path, binary: &[u8], drive: &Path) -> Result<PayloadDrive> {
     let mut out = File::create(drive).with_context(|| format!("creating {}", drive.display()))?;
+    let src = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let archive_extent = append_padded(&mut BufReader::new(src), &mut out, 0)
+        .with_context(|| format!("copying {} to {}", archive.display(), drive.display()))?;
+    if archive_extent.size == 0 {
+        anyhow::bail!("{} is empty", archive.display());
+    }
+    let offset = archive_extent.size.div_ceil(SECTOR) * SECTOR;
+    let binary_extent = append_padded(&mut &binary[..], &mut out, offset)
+        .with_context(|| format!("copying the regimage binary to {}", drive.display()))?;
+    if binary_extent.size == 0 {
+        anyhow::bail!("the regimage binary is empty");
+    }
+    // Zeros by extension: the padding costs no disk space.
+    let end = (offset + binary_extent.size).div_ceil(SECTOR) * SECTOR;
+    out.set_len(end)
+        .with_context(|| format!("padding {}", drive.display()))?;
+    out.sync_all()
+        .with_context(|| format!("syncing {}", drive.display()))?;
+    Ok(PayloadDrive {
+        path: drive.to_path_buf(),
+        archive: archive_extent,
+        binary: binary_extent,
+    })
+}
+
+/// Copies `src` to `out` from byte `offset`, returning the extent it fills.
+fn append_padded(src: &mut impl Read, out: &mut File, offset: u64) -> io::Result<DriveExtent> {
+    out.seek(SeekFrom::Start(offset))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; 1024 * 1024];
     loop {
-        let n = match reader.read(&mut buf) {
+        let n = match src.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", archive.display())),
+            Err(e) => return Err(e),
         };
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .with_context(|| format!("writing {}", drive.display()))?;
+        out.write_all(&buf[..n])?;
         size += n as u64;
     }
-    if size == 0 {
-        anyhow::bail!("{} is empty", archive.display());
-    }
-    let padded = size.div_ceil(SECTOR) * SECTOR;
-    // Zeros by extension: the padding costs no disk space.
-    out.set_len(padded)
-        .with_context(|| format!("padding {}", drive.display()))?;
-    out.sync_all()
-        .with_context(|| format!("syncing {}", drive.display()))?;
-    Ok(ArchiveDrive {
-        path: drive.to_path_buf(),
+    Ok(DriveExtent {
+        offset,
         size,
         sha256: hex::encode(hasher.finalize()),
     })
@@ -111,24 +128,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn archive_drive_is_padded_and_hashed() {
+    fn payload_drive_holds_archive_then_binary_on_sector_boundaries() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("a.tar");
         let data: Vec<u8> = (0..1300u32).map(|i| (i % 251) as u8).collect();
+        let bin = b"\x7fELF regimage".to_vec();
         fs::write(&src, &data).unwrap();
-        let d = make_archive_drive(&src, &dir.path().join("a.img")).unwrap();
-        assert_eq!(d.size, 1300);
-        assert_eq!(d.sha256, hex::encode(Sha256::digest(&data)));
+        let d = make_payload_drive(&src, &bin, &dir.path().join("a.img")).unwrap();
+        assert_eq!(d.archive.offset, 0);
+        assert_eq!(d.archive.size, 1300);
+        assert_eq!(d.archive.sha256, hex::encode(Sha256::digest(&data)));
+        assert_eq!(d.binary.offset, 1536);
+        assert_eq!(d.binary.size, bin.len() as u64);
+        assert_eq!(d.binary.sha256, hex::encode(Sha256::digest(&bin)));
         let img = fs::read(&d.path).unwrap();
-        assert_eq!(img.len(), 1536);
+        assert_eq!(img.len(), 2048);
         assert_eq!(&img[..1300], &data[..]);
-        assert!(img[1300..].iter().all(|&b| b == 0));
-        // A whole number of sectors stays as it is.
+        assert!(img[1300..1536].iter().all(|&b| b == 0));
+        assert_eq!(&img[1536..1536 + bin.len()], &bin[..]);
+        assert!(img[1536 + bin.len()..].iter().all(|&b| b == 0));
+        // An archive of whole sectors leaves no gap.
         fs::write(&src, vec![7u8; 1024]).unwrap();
-        let d = make_archive_drive(&src, &dir.path().join("b.img")).unwrap();
-        assert_eq!(fs::metadata(&d.path).unwrap().len(), 1024);
+        let d = make_payload_drive(&src, &[1u8; 512], &dir.path().join("b.img")).unwrap();
+        assert_eq!(d.binary.offset, 1024);
+        assert_eq!(fs::metadata(&d.path).unwrap().len(), 1536);
+        // Empty parts are refused.
+        assert!(make_payload_drive(&src, &[], &dir.path().join("c.img")).is_err());
         fs::write(&src, b"").unwrap();
-        assert!(make_archive_drive(&src, &dir.path().join("c.img")).is_err());
+        assert!(make_payload_drive(&src, &bin, &dir.path().join("d.img")).is_err());
     }
 
     #[test]

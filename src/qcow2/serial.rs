@@ -12,6 +12,9 @@ use crate::cloudinit::{BAKE_DONE_STEP, BAKE_FAILED_STEP, BAKE_PROGRESS_PREFIX};
 
 /// The first line a Linux kernel prints; its presence means the VM got past the firmware.
 const KERNEL_BANNER: &str = "Linux version ";
+/// What a Linux kernel prints when it panics; the guest then hangs (cloud images set no
+/// `panic=` reboot), so the bake stops at once instead of waiting for its timeout.
+const KERNEL_PANIC: &str = "Kernel panic - not syncing";
 
 /// What the console has shown so far.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -24,6 +27,8 @@ pub struct Observed {
     pub failure: Option<String>,
     /// The kernel printed its banner.
     pub kernel_started: bool,
+    /// The kernel's panic line, when it panicked.
+    pub kernel_panic: Option<String>,
 }
 
 impl Observed {
@@ -32,6 +37,9 @@ impl Observed {
         let line = clean_line(line);
         if line.contains(KERNEL_BANNER) {
             self.kernel_started = true;
+        }
+        if line.contains(KERNEL_PANIC) && self.kernel_panic.is_none() {
+            self.kernel_panic = Some(line.trim().to_string());
         }
         let Some(pos) = line.find(BAKE_PROGRESS_PREFIX) else {
             return;
@@ -174,6 +182,16 @@ mod tests {
         ));
         assert!(o.done);
         assert!(o.failure.is_none());
+        assert!(o.kernel_panic.is_none());
+
+        // A kernel panic is kept, the first one.
+        let mut o = Observed::default();
+        o.observe("[   96.701820] Kernel panic - not syncing: Fatal exception in interrupt\r");
+        o.observe("[   96.717273] ---[ end Kernel panic - not syncing: Fatal exception ]---");
+        assert_eq!(
+            o.kernel_panic.as_deref(),
+            Some("[   96.701820] Kernel panic - not syncing: Fatal exception in interrupt")
+        );
 
         let mut o = Observed::default();
         o.observe(&format!(
