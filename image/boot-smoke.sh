@@ -88,7 +88,7 @@ log "image:   $IMAGE"
 log "booting: firmware=$FIRMWARE, ssh on 127.0.0.1:$HPORT, serial log $SERIAL"
 t0="$(now)"
 qemu-system-x86_64 \
-  -accel tcg,thread=multi -cpu max -m 2048 -smp 2 \
+  -accel tcg,thread=multi -cpu max -m 2048 -smp 1 \
   -nodefaults -display none -no-user-config \
   "${fw[@]}" \
   -drive "file=$TMP/disk.qcow2,format=qcow2,if=virtio" \
