@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::client::{self, Client};
 use common::vm::{self, progress, secs, Inputs, SshKey, Timings, Vm, VmSpec};
 use common::{output, regimage, run_ok, s, test_dir};
 
@@ -99,15 +100,6 @@ fn choose_ports() -> Ports {
     }
 }
 
-/// `localhost[:PORT]` as containers/image names the registry (443 is left off).
-fn registry_host(port: u16) -> String {
-    if port == 443 {
-        "localhost".to_string()
-    } else {
-        format!("localhost:{port}")
-    }
-}
-
 /// The site config both paths use: the name the host's clients use, the chosen ports, the
 /// fixture pinned as the registry image, and (user-data path) the host's mirror.
 fn site_config(ports: &Ports, inputs: &Inputs, mirror_port: Option<u16>) -> String {
@@ -161,62 +153,8 @@ fn sha256_file(path: &Path) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
 }
 
-/// The client side: skopeo and curl with the bundle installed per user under a temp HOME.
-struct Client {
-    work: PathBuf,
-    ports: Ports,
-    /// HOME with ~/.config/containers/certs.d from the bundle.
-    home: PathBuf,
-    server_ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Client {
-    fn skopeo(&self, home: &Path) -> Command {
-        let mut cmd = Command::new("skopeo");
-        // Only certs.d under HOME counts: no system-wide trust or policy from this host.
-        cmd.env("HOME", home).arg("--insecure-policy");
-        cmd
-    }
-
-    /// curl's status code and body (or curl's own error when there was no HTTP answer).
-    fn curl(&self, args: &[&str], url: &str) -> (u16, String) {
-        let body = self.work.join("curl.body");
-        let _ = std::fs::remove_file(&body);
-        let out = output(
-            Command::new("curl")
-                .args(["-sS", "--max-time", "20", "--noproxy", "*", "--cacert"])
-                .arg(&self.server_ca)
-                .arg("-o")
-                .arg(&body)
-                .args(["-w", "%{http_code}"])
-                .args(args)
-                .arg(url),
-        );
-        let code = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        let text = if code == 0 {
-            format!("curl: {}", String::from_utf8_lossy(&out.stderr))
-        } else {
-            std::fs::read_to_string(&body).unwrap_or_default()
-        };
-        (code, text)
-    }
-
-    fn pull_url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.ports.pull)
-    }
-
-    fn push_url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.ports.push)
-    }
-}
-
 /// Copies the client bundle off the VM (as the default user, through sudo) and installs it
-/// as its README says, per user: ~/.config/containers/certs.d under a fresh HOME.
+/// as its README says, per user, in a fresh `work`.
 fn install_bundle(vm: &Vm, work: &Path, ports: Ports) -> Client {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work).expect("creating the client dir");
@@ -226,204 +164,13 @@ fn install_bundle(vm: &Vm, work: &Path, ports: Ports) -> Client {
         vm.read_root_file(&format!("/var/lib/regimage/out/{CLIENT}.tar.gz")),
     )
     .expect("writing the bundle");
-    let unpacked = work.join("bundle");
-    std::fs::create_dir(&unpacked).expect("creating the bundle dir");
-    run_ok(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&unpacked),
-    );
-    let readme = std::fs::read_to_string(unpacked.join(format!("{CLIENT}/README.md")))
-        .expect("reading the bundle README");
-    assert!(
-        readme.contains("mkdir -p ~/.config/containers/certs.d"),
-        "the bundle README lacks the per-user install:\n{readme}"
-    );
-    let home = work.join("home");
-    let certs_d = home.join(".config/containers/certs.d");
-    std::fs::create_dir_all(&certs_d).expect("creating certs.d");
-    run_ok(
-        Command::new("cp")
-            .arg("-r")
-            .arg(unpacked.join(format!("{CLIENT}/containers/certs.d/.")))
-            .arg(&certs_d),
-    );
-    let push_dir = certs_d.join(registry_host(ports.push));
-    for f in ["ca.crt", "client.cert", "client.key"] {
-        assert!(
-            push_dir.join(f).is_file(),
-            "the bundle lacks {f} for {}",
-            registry_host(ports.push)
-        );
-    }
-    let pull_ca = certs_d.join(registry_host(ports.pull)).join("ca.crt");
-    assert!(pull_ca.is_file(), "the bundle lacks the pull port's CA");
-    // curl reads a ':' in --cert as a passphrase separator: colon-free copies.
-    let pem = work.join("pem");
-    std::fs::create_dir(&pem).expect("creating the pem dir");
-    for f in ["client.cert", "client.key", "ca.crt"] {
-        std::fs::copy(push_dir.join(f), pem.join(f)).expect("copying a bundle file");
-    }
-    Client {
-        work: work.to_path_buf(),
-        ports,
-        home,
-        server_ca: pem.join("ca.crt"),
-        cert: pem.join("client.cert"),
-        key: pem.join("client.key"),
-    }
-}
-
-fn assert_registry_error(body: &str, code: &str) {
-    let v: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {body}"));
-    assert_eq!(v["errors"][0]["code"], code, "body: {body}");
-}
-
-/// The manifest digest the pull port serves for `reference` (anonymous).
-fn pulled_digest(client: &Client, reference: &str) -> String {
-    let out = run_ok(client.skopeo(&client.home).args([
-        "inspect",
-        "--raw",
-        &format!("docker://{}/{reference}", registry_host(client.ports.pull)),
-    ]));
-    format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&out.stdout))
-    )
-}
-
-/// Pushes a fresh image through the push port and pulls it back through the pull port;
-/// returns its manifest digest.
-fn push_and_pull(client: &Client, repo: &str, text: &str) -> String {
-    let src = client.work.join(format!("src-{}", repo.replace('/', "-")));
-    let digest = common::make_oci_layout(&src, "v1", text);
-    let t = Instant::now();
-    run_ok(client.skopeo(&client.home).args([
-        "copy",
-        "--quiet",
-        &format!("oci:{}:v1", s(&src)),
-        &format!("docker://{}/{repo}:v1", registry_host(client.ports.push)),
-    ]));
-    progress(&format!("pushed {repo}:v1 ({digest}) in {:.1} s", secs(t)));
-    assert_eq!(
-        pulled_digest(client, &format!("{repo}:v1")),
-        digest,
-        "the pull port serves another manifest for {repo}:v1"
-    );
-    let dst = client.work.join(format!("dst-{}", repo.replace('/', "-")));
-    run_ok(client.skopeo(&client.home).args([
-        "copy",
-        "--quiet",
-        &format!("docker://{}/{repo}:v1", registry_host(client.ports.pull)),
-        &format!("oci:{}:v1", s(&dst)),
-    ]));
-    let index = std::fs::read_to_string(dst.join("index.json")).expect("reading the pulled index");
-    assert!(
-        index.contains(&digest),
-        "the pulled index lacks {digest}: {index}"
-    );
-    digest
+    client::install_bundle(&tarball, CLIENT, work, ports.pull, ports.push)
 }
 
 /// What is refused from outside: writes on the pull port, the push port without a client
-/// certificate or with one from another CA, the registry port altogether.
-fn check_refusals(client: &Client, src_repo: &str) {
-    let src = client
-        .work
-        .join(format!("src-{}", src_repo.replace('/', "-")));
-    let pull_host = registry_host(client.ports.pull);
-    let push_host = registry_host(client.ports.push);
-
-    // A push to the pull port: denied, with the registry-style body (no HTML from nginx).
-    let out = output(client.skopeo(&client.home).args([
-        "copy",
-        &format!("oci:{}:v1", s(&src)),
-        &format!("docker://{pull_host}/e2e/denied:v1"),
-    ]));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a push to the pull port succeeded");
-    assert!(
-        stderr.to_lowercase().contains("denied"),
-        "skopeo did not report denied: {stderr}"
-    );
-    assert!(
-        !stderr.contains("invalid character '<'"),
-        "nginx answered HTML: {stderr}"
-    );
-    for method in ["PUT", "POST", "PATCH", "DELETE"] {
-        let (code, body) = client.curl(
-            &["-X", method],
-            &client.pull_url("/v2/e2e/hello/blobs/uploads/"),
-        );
-        assert_eq!(code, 403, "{method} on the pull port: {body}");
-        assert_registry_error(&body, "DENIED");
-    }
-    progress("pull port: writes refused with 403 DENIED (JSON)");
-
-    // The push port without a client certificate.
-    let (code, body) = client.curl(&[], &client.push_url("/v2/"));
-    assert_eq!(
-        code, 400,
-        "the push port answered a client without a certificate: {body}"
-    );
-    let no_cert = client.work.join("no-cert-home");
-    let d = no_cert.join(format!(".config/containers/certs.d/{push_host}"));
-    std::fs::create_dir_all(&d).expect("creating certs.d");
-    std::fs::copy(&client.server_ca, d.join("ca.crt")).expect("copying the CA");
-    let out = output(client.skopeo(&no_cert).args([
-        "copy",
-        &format!("oci:{}:v1", s(&src)),
-        &format!("docker://{push_host}/e2e/nocert:v1"),
-    ]));
-    assert!(
-        !out.status.success(),
-        "a push without a client certificate succeeded"
-    );
-
-    // ... and with a certificate from another CA.
-    let other = client.work.join("other-ca");
-    std::fs::create_dir_all(&other).expect("creating the other CA dir");
-    let sh = format!(
-        "set -e; cd {d}; \
-         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=other-ca 2>/dev/null; \
-         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout client.key -out client.csr -subj /CN={CLIENT} 2>/dev/null; \
-         printf 'extendedKeyUsage=clientAuth\\n' > ext; \
-         openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.cert -days 2 -extfile ext 2>/dev/null",
-        d = s(&other)
-    );
-    run_ok(Command::new("sh").args(["-c", &sh]));
-    let (cert, key) = (s(&other.join("client.cert")), s(&other.join("client.key")));
-    let (code, body) = client.curl(&["--cert", &cert, "--key", &key], &client.push_url("/v2/"));
-    assert_eq!(
-        code, 400,
-        "the push port accepted another CA's certificate: {body}"
-    );
-    let other_home = client.work.join("other-home");
-    let d = other_home.join(format!(".config/containers/certs.d/{push_host}"));
-    std::fs::create_dir_all(&d).expect("creating certs.d");
-    std::fs::copy(&client.server_ca, d.join("ca.crt")).expect("copying the CA");
-    std::fs::copy(other.join("client.cert"), d.join("client.cert")).expect("copying the cert");
-    std::fs::copy(other.join("client.key"), d.join("client.key")).expect("copying the key");
-    let out = output(client.skopeo(&other_home).args([
-        "copy",
-        &format!("oci:{}:v1", s(&src)),
-        &format!("docker://{push_host}/e2e/othercert:v1"),
-    ]));
-    assert!(
-        !out.status.success(),
-        "a push with another CA's certificate succeeded"
-    );
-    // With the bundle's own certificate the push port answers.
-    let (cert, key) = (s(&client.cert), s(&client.key));
-    let (code, body) = client.curl(&["--cert", &cert, "--key", &key], &client.push_url("/v2/"));
-    assert_eq!(
-        code, 200,
-        "the push port refused the bundle's certificate: {body}"
-    );
-    progress("push port: no certificate and another CA's certificate refused (400), the bundle's accepted");
+/// certificate or with one from another CA (common/client.rs), the registry port altogether.
+fn check_refusals(client: &Client, ports: Ports, repo: &str) {
+    client.check_refusals(repo);
 
     // The registry port, forwarded from the host to the guest: no HTTP answer at all (the
     // registry listens on the guest's loopback only, and ufw drops the port).
@@ -437,7 +184,7 @@ fn check_refusals(client: &Client, src_repo: &str) {
         "/dev/null",
         "-w",
         "%{http_code}",
-        &format!("http://127.0.0.1:{}/v2/", client.ports.registry_probe),
+        &format!("http://127.0.0.1:{}/v2/", ports.registry_probe),
     ]));
     let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(
@@ -751,8 +498,8 @@ fn record_steps(vm: &Vm, timings: &mut Timings, prefix: &str) {
 /// Every check on a machine that just became ready; returns what a reboot must keep.
 fn check_ready(vm: &Vm, ports: Ports, inputs: &Inputs, client_dir: &Path) -> Snapshot {
     let client = install_bundle(vm, client_dir, ports);
-    let pushed = push_and_pull(&client, "e2e/hello", "hello from the e2e test\n");
-    check_refusals(&client, "e2e/hello");
+    let pushed = client.push_and_pull("e2e/hello", "hello from the e2e test\n");
+    check_refusals(&client, ports, "e2e/hello");
     check_inside(vm, ports, inputs);
     let status = status_json(vm);
     let fps = fingerprints(vm);
@@ -783,8 +530,7 @@ fn check_after_reboot(vm: &Vm, ports: Ports, before: &Snapshot, client_dir: &Pat
     let client = install_bundle(vm, client_dir, ports);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let (code, _) = client.curl(&[], &client.pull_url("/v2/"));
-        if code == 200 {
+        if client.curl(&[], &client.pull_url("/v2/")).code == 200 {
             break;
         }
         assert!(
@@ -818,7 +564,7 @@ fn check_after_reboot(vm: &Vm, ports: Ports, before: &Snapshot, client_dir: &Pat
         "certificates changed across the reboot"
     );
     assert_eq!(
-        pulled_digest(&client, "e2e/hello:v1"),
+        client.pulled_digest("e2e/hello:v1"),
         before.pushed,
         "the pushed image is gone or changed after the reboot"
     );
@@ -831,7 +577,7 @@ fn check_after_reboot(vm: &Vm, ports: Ports, before: &Snapshot, client_dir: &Pat
         "services after the reboot:\n{units}"
     );
     // A push still works after the reboot (registry.env's secret and the storage are kept).
-    push_and_pull(&client, "e2e/after-reboot", "pushed after the reboot\n");
+    client.push_and_pull("e2e/after-reboot", "pushed after the reboot\n");
     progress("after the reboot: same certificates, image kept, first boot skipped, services up");
     ready
 }

@@ -719,18 +719,11 @@ mod tests {
             include_str!("testdata/regimage-user6.rules"),
             true,
         ));
-        let w = Wanted {
-            open: vec![
-                (22, "regimage: ssh".into()),
-                (443, "regimage: pulls".into()),
-            ],
-            restricted: Some((
-                4443,
-                vec!["10.0.0.0/8".into(), "fd00::/8".into()],
-                "regimage: pushes (mTLS)".into(),
-            )),
-            closed: vec![5000],
-        };
+        // wanted(), with the push rule's comment as that run had it.
+        let mut w = wanted();
+        if let Some((_, _, comment)) = w.restricted.as_mut() {
+            *comment = "regimage: pushes (mTLS)".into();
+        }
         let fresh = UfwState {
             enabled: true,
             default_input: "DROP".into(),

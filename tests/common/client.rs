@@ -1,0 +1,324 @@
+//! The registry's client side, shared by the loopback proxy test and the VM tests: a client
+//! bundle installed as its README says (per user, under a fresh HOME), real skopeo and curl
+//! as that user, a push through the push port and a pull through the pull port, and the
+//! refusals both tests prove.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use super::vm::{progress, secs};
+use super::{output, run_ok, s};
+
+/// `localhost[:PORT]` as containers/image names a registry (443 is left off).
+pub fn registry_host(port: u16) -> String {
+    if port == 443 {
+        "localhost".to_string()
+    } else {
+        format!("localhost:{port}")
+    }
+}
+
+/// One client with its bundle installed.
+pub struct Client {
+    /// The client's own scratch directory.
+    pub work: PathBuf,
+    /// The bundle's client name (the CN of its certificate).
+    pub name: String,
+    pub pull: u16,
+    pub push: u16,
+    /// HOME with ~/.config/containers/certs.d from the bundle.
+    pub home: PathBuf,
+    /// Colon-free copies of the bundle's files: curl reads a ':' in --cert as a passphrase
+    /// separator, and certs.d names its directories host:port.
+    pub server_ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One curl request's outcome.
+pub struct Reply {
+    /// 0 when there was no HTTP answer.
+    pub code: u16,
+    pub headers: String,
+    /// The body, or curl's own error when there was no HTTP answer.
+    pub body: String,
+}
+
+/// Unpacks `tarball`, the bundle of client `name`, under `work` (which must exist) and
+/// installs it as its README says for a registry on localhost's `pull` and `push` ports.
+pub fn install_bundle(tarball: &Path, name: &str, work: &Path, pull: u16, push: u16) -> Client {
+    let unpacked = work.join("bundle");
+    std::fs::create_dir(&unpacked).expect("creating the bundle dir");
+    run_ok(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(&unpacked),
+    );
+    let readme = std::fs::read_to_string(unpacked.join(format!("{name}/README.md")))
+        .expect("reading the bundle README");
+    assert!(
+        readme.contains("mkdir -p ~/.config/containers/certs.d"),
+        "the bundle README lacks the per-user install:\n{readme}"
+    );
+    let home = work.join("home");
+    let certs_d = home.join(".config/containers/certs.d");
+    std::fs::create_dir_all(&certs_d).expect("creating certs.d");
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(unpacked.join(format!("{name}/containers/certs.d/.")))
+            .arg(&certs_d),
+    );
+    let push_dir = certs_d.join(registry_host(push));
+    for f in ["ca.crt", "client.cert", "client.key"] {
+        assert!(
+            push_dir.join(f).is_file(),
+            "the bundle lacks {f} for {}",
+            registry_host(push)
+        );
+    }
+    let pull_ca = certs_d.join(registry_host(pull)).join("ca.crt");
+    assert!(pull_ca.is_file(), "the bundle lacks the pull port's CA");
+    let pem = work.join("pem");
+    std::fs::create_dir(&pem).expect("creating the pem dir");
+    for f in ["client.cert", "client.key", "ca.crt"] {
+        std::fs::copy(push_dir.join(f), pem.join(f)).expect("copying a bundle file");
+    }
+    Client {
+        work: work.to_path_buf(),
+        name: name.to_string(),
+        pull,
+        push,
+        home,
+        server_ca: pem.join("ca.crt"),
+        cert: pem.join("client.cert"),
+        key: pem.join("client.key"),
+    }
+}
+
+/// The body is a registry error (JSON) whose first code is `code`.
+pub fn assert_registry_error(body: &str, code: &str) {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {body}"));
+    assert_eq!(v["errors"][0]["code"], code, "body: {body}");
+}
+
+impl Client {
+    /// skopeo as a user whose HOME is `home`.
+    pub fn skopeo(&self, home: &Path) -> Command {
+        let mut cmd = Command::new("skopeo");
+        // Only certs.d under HOME counts: no system-wide trust or policy from this host.
+        cmd.env("HOME", home).arg("--insecure-policy");
+        cmd
+    }
+
+    /// One request with the bundle's CA as the only trust.
+    pub fn curl(&self, args: &[&str], url: &str) -> Reply {
+        let headers = self.work.join("curl.headers");
+        let body = self.work.join("curl.body");
+        let _ = std::fs::remove_file(&headers);
+        let _ = std::fs::remove_file(&body);
+        let out = output(
+            Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--noproxy", "*", "--cacert"])
+                .arg(&self.server_ca)
+                .arg("-D")
+                .arg(&headers)
+                .arg("-o")
+                .arg(&body)
+                .args(["-w", "%{http_code}"])
+                .args(args)
+                .arg(url),
+        );
+        let code = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let body = if code == 0 {
+            // curl itself failed (TLS, connection): its message is what matters.
+            format!("curl: {}", String::from_utf8_lossy(&out.stderr))
+        } else {
+            std::fs::read_to_string(&body).unwrap_or_default()
+        };
+        Reply {
+            code,
+            headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+            body,
+        }
+    }
+
+    pub fn pull_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.pull)
+    }
+
+    pub fn push_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.push)
+    }
+
+    /// The image [`Client::push_and_pull`] made for `repo`.
+    pub fn src_image(&self, repo: &str) -> PathBuf {
+        self.work.join(format!("src-{}", repo.replace('/', "-")))
+    }
+
+    /// The manifest digest the pull port serves for `reference` (anonymous).
+    pub fn pulled_digest(&self, reference: &str) -> String {
+        let out = run_ok(self.skopeo(&self.home).args([
+            "inspect",
+            "--raw",
+            &format!("docker://{}/{reference}", registry_host(self.pull)),
+        ]));
+        format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&out.stdout))
+        )
+    }
+
+    /// Pushes a fresh image (its one layer holds `text`) as `repo:v1` through the push port
+    /// and pulls it back through the pull port; returns its manifest digest.
+    pub fn push_and_pull(&self, repo: &str, text: &str) -> String {
+        let src = self.src_image(repo);
+        let digest = super::make_oci_layout(&src, "v1", text);
+        let t = Instant::now();
+        run_ok(self.skopeo(&self.home).args([
+            "copy",
+            "--quiet",
+            &format!("oci:{}:v1", s(&src)),
+            &format!("docker://{}/{repo}:v1", registry_host(self.push)),
+        ]));
+        progress(&format!("pushed {repo}:v1 ({digest}) in {:.1} s", secs(t)));
+        assert_eq!(
+            self.pulled_digest(&format!("{repo}:v1")),
+            digest,
+            "the pull port serves another manifest for {repo}:v1"
+        );
+        let dst = self.work.join(format!("dst-{}", repo.replace('/', "-")));
+        run_ok(self.skopeo(&self.home).args([
+            "copy",
+            "--quiet",
+            &format!("docker://{}/{repo}:v1", registry_host(self.pull)),
+            &format!("oci:{}:v1", s(&dst)),
+        ]));
+        let index =
+            std::fs::read_to_string(dst.join("index.json")).expect("reading the pulled index");
+        assert!(
+            index.contains(&digest),
+            "the pulled index lacks {digest}: {index}"
+        );
+        digest
+    }
+
+    /// What the proxy refuses: writes on the pull port (403, a registry-style JSON body);
+    /// the push port without a client certificate or with one from another CA (400). The
+    /// bundle's own certificate is accepted. `repo` is one [`Client::push_and_pull`] made.
+    pub fn check_refusals(&self, repo: &str) {
+        let src = self.src_image(repo);
+        let pull_host = registry_host(self.pull);
+        let push_host = registry_host(self.push);
+
+        // A push to the pull port: denied, with the registry-style body (no HTML from nginx).
+        let out = output(self.skopeo(&self.home).args([
+            "copy",
+            &format!("oci:{}:v1", s(&src)),
+            &format!("docker://{pull_host}/refused/pull-port:v1"),
+        ]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a push to the pull port succeeded");
+        assert!(
+            stderr.to_lowercase().contains("denied"),
+            "skopeo did not report denied: {stderr}"
+        );
+        assert!(
+            !stderr.contains("invalid character '<'"),
+            "nginx answered HTML: {stderr}"
+        );
+        for method in ["PUT", "POST", "PATCH", "DELETE"] {
+            let reply = self.curl(
+                &["-X", method],
+                &self.pull_url(&format!("/v2/{repo}/blobs/uploads/")),
+            );
+            assert_eq!(reply.code, 403, "{method} on the pull port: {}", reply.body);
+            assert_registry_error(&reply.body, "DENIED");
+        }
+        progress("pull port: writes refused with 403 DENIED (JSON)");
+
+        // The push port without a client certificate.
+        let reply = self.curl(&[], &self.push_url("/v2/"));
+        assert_eq!(
+            reply.code, 400,
+            "the push port answered a client without a certificate: {}",
+            reply.body
+        );
+        let no_cert = self.work.join("no-cert-home");
+        self.trust_only_the_server(&no_cert);
+        let out = output(self.skopeo(&no_cert).args([
+            "copy",
+            &format!("oci:{}:v1", s(&src)),
+            &format!("docker://{push_host}/refused/no-cert:v1"),
+        ]));
+        assert!(
+            !out.status.success(),
+            "a push without a client certificate succeeded"
+        );
+
+        // ... and with a certificate from another CA.
+        let other = self.work.join("other-ca");
+        std::fs::create_dir_all(&other).expect("creating the other CA dir");
+        let sh = format!(
+            "set -e; cd {d}; \
+             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=other-ca 2>/dev/null; \
+             openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout client.key -out client.csr -subj /CN={name} 2>/dev/null; \
+             printf 'extendedKeyUsage=clientAuth\\n' > ext; \
+             openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.cert -days 2 -extfile ext 2>/dev/null",
+            d = s(&other),
+            name = self.name,
+        );
+        run_ok(Command::new("sh").args(["-c", &sh]));
+        let (cert, key) = (s(&other.join("client.cert")), s(&other.join("client.key")));
+        let reply = self.curl(&["--cert", &cert, "--key", &key], &self.push_url("/v2/"));
+        assert_eq!(
+            reply.code, 400,
+            "the push port accepted another CA's certificate: {}",
+            reply.body
+        );
+        let other_home = self.work.join("other-home");
+        let d = self.trust_only_the_server(&other_home);
+        std::fs::copy(other.join("client.cert"), d.join("client.cert")).expect("copying the cert");
+        std::fs::copy(other.join("client.key"), d.join("client.key")).expect("copying the key");
+        let out = output(self.skopeo(&other_home).args([
+            "copy",
+            &format!("oci:{}:v1", s(&src)),
+            &format!("docker://{push_host}/refused/other-ca:v1"),
+        ]));
+        assert!(
+            !out.status.success(),
+            "a push with another CA's certificate succeeded"
+        );
+
+        // With the bundle's own certificate the push port answers.
+        let (cert, key) = (s(&self.cert), s(&self.key));
+        let reply = self.curl(&["--cert", &cert, "--key", &key], &self.push_url("/v2/"));
+        assert_eq!(
+            reply.code, 200,
+            "the push port refused the bundle's certificate: {}",
+            reply.body
+        );
+        progress(
+            "push port: no certificate and another CA's certificate refused (400), the bundle's accepted",
+        );
+    }
+
+    /// A HOME whose certs.d trusts the server CA for the push port and holds no client
+    /// certificate; returns that certs.d directory.
+    fn trust_only_the_server(&self, home: &Path) -> PathBuf {
+        let d = home.join(format!(
+            ".config/containers/certs.d/{}",
+            registry_host(self.push)
+        ));
+        std::fs::create_dir_all(&d).expect("creating certs.d");
+        std::fs::copy(&self.server_ca, d.join("ca.crt")).expect("copying the CA");
+        d
+    }
+}
