@@ -1,7 +1,8 @@
-# regimage: `make test` is what CI runs (through .ci/run, which installs the packages first).
+# regimage: `make test` is what CI runs (through .ci/run). It installs what is missing first
+# (scripts/install-test-deps.sh; needs root when something is missing).
 CARGO ?= cargo
 
-.PHONY: all build release user-data test lint unit e2e fmt clean
+.PHONY: all build release user-data test deps lint unit e2e fmt clean
 
 all: build
 
@@ -18,28 +19,32 @@ user-data: release
 fmt:
 	$(CARGO) fmt
 
-lint:
+# Debian packages and Rust components the tests use, installed only when missing (root).
+deps:
+	./scripts/install-test-deps.sh
+
+lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # Unit tests, the CLI and user-data tests, and the root-only tests with real nginx,
 # the Distribution registry, skopeo and cloud-init (marked #[ignore] for plain `cargo test`).
 # The VM tests (tests/e2e.rs) are `make e2e`.
-unit:
+unit: deps
 	$(CARGO) test --all-targets -- --include-ignored --skip e2e_
 
 # The booted-VM end-to-end test (root; QEMU under TCG; builds or reuses image/'s cached
 # Debian base and registry fixture): the user-data path and the qcow2 path, one VM at a
 # time. Stage timings: target/e2e-timings.json.
 # The guest gets the release binary (8 MB; a debug one is 160 MB and slow under TCG).
-e2e:
+e2e: deps
 	$(CARGO) build --release
 	REGIMAGE_E2E_BINARY="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/regimage" \
 	  $(CARGO) test --test e2e -- --ignored --test-threads=1 --nocapture
 
 # Everything CI runs: lint, the tests without VMs, then the VM tests (~40 min under TCG on
 # 2 cores).
-test: lint unit e2e
+test: deps lint unit e2e
 
 clean:
 	$(CARGO) clean
