@@ -85,7 +85,8 @@ pub fn render_readme(spec: &BundleSpec<'_>) -> Result<String> {
     context.insert("client_not_after", &client_not_after);
     // Markdown, not HTML: no escaping (autoescape would turn '/' into "&#x2F;").
     tera::Tera::one_off(README_TEMPLATE, &context, false)
-        .map_err(|e| anyhow::anyhow!("rendering the bundle README: {e:?}"))
+        .map_err(crate::render::tera_error)
+        .context("rendering the bundle README")
 }
 
 /// The bundle as .tar.gz bytes; the same spec always gives the same bytes.

@@ -46,9 +46,9 @@ pub const PROXY_UNIT_PATH: &str = "/etc/systemd/system/registry-proxy.service";
 pub const FIRSTBOOT_UNIT_PATH: &str = "/etc/systemd/system/regimage-firstboot.service";
 /// containers/image signature policy.
 pub const POLICY_PATH: &str = "/etc/containers/policy.json";
-/// REGISTRY_HTTP_SECRET for the container; made at first boot, not rendered.
 /// registries.conf drop-in naming the mirror of the pinned image, when one is configured.
 pub const MIRROR_CONF_PATH: &str = "/etc/containers/registries.conf.d/50-regimage-mirror.conf";
+/// REGISTRY_HTTP_SECRET for the container; made at first boot, not rendered.
 pub const REGISTRY_ENV_PATH: &str = "/etc/registry/registry.env";
 /// First boot's marker; while it is missing, regimage-firstboot.service runs at boot.
 pub const FIRSTBOOT_DONE_PATH: &str = "/var/lib/regimage/firstboot.done";
@@ -238,13 +238,6 @@ pub fn write_tree(root: &Path, files: &[FileEntry]) -> Result<()> {
     Ok(())
 }
 
-// Why this policy: podman and skopeo check the *source* of every copy against it. First
-// boot loads the registry image from a local archive (oci-archive or docker-archive) and
-// then verifies the image ID against the pinned digest itself, so archives are accepted
-// as they are; a registry pull is allowed only for the configured image's repository
-// (the user-data flavour may fetch it by digest), and everything else is rejected. Running
-// `localhost/regimage/registry:pinned` with --pull=never copies nothing, so no policy
-// applies to it. There is no signature to check: the pin is the digest.
 /// registries.conf(5) drop-in: pulls of the pinned repository try the mirror first. Pulls
 /// by digest are always allowed from a mirror, so the pin is what keeps the image honest.
 fn mirror_conf(repository: &str, mirror: &str, insecure: bool) -> Result<Vec<u8>> {
@@ -275,6 +268,13 @@ fn mirror_conf(repository: &str, mirror: &str, insecure: bool) -> Result<Vec<u8>
     Ok(text.into_bytes())
 }
 
+// Why this policy: podman and skopeo check the *source* of every copy against it. First
+// boot loads the registry image from a local archive (oci-archive or docker-archive) and
+// then verifies the image ID against the pinned digest itself, so archives are accepted
+// as they are; a registry pull is allowed only for the configured image's repository
+// (the user-data flavour may fetch it by digest), and everything else is rejected. Running
+// `localhost/regimage/registry:pinned` with --pull=never copies nothing, so no policy
+// applies to it. There is no signature to check: the pin is the digest.
 fn render_policy(tera: &tera::Tera, repository: &str) -> Result<Vec<u8>> {
     let mut ctx = tera::Context::new();
     ctx.insert(
@@ -314,20 +314,21 @@ fn templates() -> Result<tera::Tera> {
 fn render(tera: &tera::Tera, name: &str, ctx: &tera::Context) -> Result<Vec<u8>> {
     tera.render(name, ctx)
         .map(String::into_bytes)
-        .map_err(|e| anyhow::anyhow!("{}", tera_error_chain(&e)))
+        .map_err(tera_error)
         .with_context(|| format!("rendering template {name}"))
 }
 
-/// tera hides the useful part of its errors in `source()`.
-fn tera_error_chain(e: &tera::Error) -> String {
+/// A tera error as one message: tera hides the useful part of its errors in `source()`,
+/// which anyhow would not print for a plain `to_string()`. Every template renderer uses it.
+pub(crate) fn tera_error(e: tera::Error) -> anyhow::Error {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
         source = s.source();
     }
-    text
+    anyhow::anyhow!(text)
 }
 
 fn root_file(path: &str, contents: Vec<u8>) -> FileEntry {
@@ -638,6 +639,117 @@ mod tests {
             exec[..exec.len() - 1].iter().all(|l| l.ends_with(" \\")),
             "{exec:?}"
         );
+    }
+
+    /// A unit's `Key=value` directives, continuation lines joined and blanks folded, so the
+    /// checks below hold whatever the template's layout.
+    fn unit_directives(text: &str) -> Vec<String> {
+        directives(text)
+            .replace("\\\n", " ")
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// The arguments of the registry unit's `podman run`.
+    fn podman_run_args(unit: &str) -> Vec<String> {
+        let exec = unit_directives(unit)
+            .into_iter()
+            .find(|l| l.starts_with("ExecStart="))
+            .expect("ExecStart");
+        exec.split(' ').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn registry_is_reachable_on_loopback_only_and_never_in_debug() {
+        for config in [Config::default(), custom()] {
+            let files = appliance_files(&config).unwrap();
+            let port = config.ports.registry.to_string();
+            let args = podman_run_args(&text(&files, REGISTRY_UNIT_PATH));
+            let published: Vec<_> = args
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| *a == "--publish" || *a == "-p" || a.starts_with("--publish="))
+                .map(|(i, _)| args[i + 1].as_str())
+                .collect();
+            assert_eq!(published, [format!("127.0.0.1:{port}:5000")], "{args:?}");
+            // Every mention of the registry port, in every file but the config, is loopback
+            // (checked where the port differs from the container's own :5000).
+            let distinct = config.ports.registry != REGISTRY_CONTAINER_PORT;
+            for f in files
+                .iter()
+                .filter(|f| f.path != Path::new(INSTALLED_CONFIG_PATH))
+            {
+                let text = String::from_utf8_lossy(&f.contents);
+                let needle = format!(":{port}");
+                let mentions = text.match_indices(&needle).filter(|_| distinct);
+                for (at, _) in mentions {
+                    assert!(
+                        text[..at].ends_with("127.0.0.1"),
+                        "{}: port {port} not on 127.0.0.1 at {}",
+                        f.path.display(),
+                        &text[at.saturating_sub(40)..at + port.len() + 1]
+                    );
+                }
+                for banned in [
+                    "REGISTRY_HTTP_HOST",
+                    "REGISTRY_HTTP_DEBUG",
+                    ":5001",
+                    "DELETE_ENABLED=true",
+                ] {
+                    assert!(!text.contains(banned), "{}: {banned}", f.path.display());
+                }
+            }
+            assert!(args.contains(&"--pull=never".to_string()), "{args:?}");
+            assert_eq!(args.last().map(String::as_str), Some(REGISTRY_IMAGE_TAG));
+        }
+    }
+
+    #[test]
+    fn unit_ordering_has_no_cycle_with_cloud_init_and_no_deadlock_with_first_boot() {
+        for config in [Config::default(), custom()] {
+            let files = appliance_files(&config).unwrap();
+            let units: Vec<(&str, Vec<String>)> =
+                [REGISTRY_UNIT_PATH, PROXY_UNIT_PATH, FIRSTBOOT_UNIT_PATH]
+                    .into_iter()
+                    .map(|p| (p, unit_directives(&text(&files, p))))
+                    .collect();
+            let deps = ["After=", "Before=", "Wants=", "Requires=", "BindsTo="];
+            for (path, lines) in &units {
+                for line in lines
+                    .iter()
+                    .filter(|l| deps.iter().any(|d| l.starts_with(d)))
+                {
+                    // cloud-final is WantedBy multi-user.target: ordering against it is a cycle.
+                    assert!(!line.contains("cloud-"), "{path}: {line}");
+                    // First boot waits for the proxy to answer: ordering the two deadlocks.
+                    if *path != REGISTRY_UNIT_PATH {
+                        assert!(
+                            !line.contains("regimage-firstboot")
+                                && !line.contains("registry-proxy"),
+                            "{path}: {line}"
+                        );
+                    }
+                }
+            }
+            let [(_, registry), (_, proxy), (_, firstboot)] = &units[..] else {
+                unreachable!()
+            };
+            assert!(!registry.iter().any(|l| l.contains("network-online")));
+            assert!(registry.contains(&format!("ConditionUser={}", config.service_user)));
+            assert!(proxy.contains(&format!("User={}", config.proxy_user)));
+            assert!(proxy.contains(&format!("Group={}", config.proxy_user)));
+            // Instead of ordering, the proxy cannot start before its certificate exists.
+            assert!(
+                proxy.contains(&"ConditionPathExists=/etc/registry/certs/registry.crt".to_string())
+            );
+            assert!(firstboot.contains(&format!("ConditionPathExists=!{FIRSTBOOT_DONE_PATH}")));
+            assert!(firstboot.contains(&format!(
+                "ExecStart={} firstboot -c {INSTALLED_CONFIG_PATH}",
+                crate::cloudinit::BINARY_PATH
+            )));
+        }
     }
 
     #[test]
