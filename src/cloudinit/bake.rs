@@ -324,16 +324,24 @@ mod tests {
     }
 
     #[test]
-    fn write_file_sh_writes_the_script_as_it_is() {
+    fn bootcmd_writes_the_finishing_script_as_it_is() {
+        // bootcmd's item, with the path moved, run the way cloud-init runs it.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("finish.sh");
+        let path = path.to_str().unwrap();
+        let Value::Seq(mut item) = bootcmd()[1].clone() else {
+            panic!("not an argv item")
+        };
+        assert_eq!(item.last(), Some(&Value::str(BAKE_FINISH_SCRIPT)));
+        *item.last_mut().unwrap() = Value::str(path);
+        let script = dir.path().join("bootcmd");
+        std::fs::write(&script, shellify(&[Value::Seq(item)])).unwrap();
         let status = std::process::Command::new("sh")
-            .args(["-c", WRITE_FILE_SH, "regimage-bake-write", BAKE_FINISH_SH])
-            .arg(&path)
+            .arg(&script)
             .status()
             .unwrap();
         assert!(status.success());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), BAKE_FINISH_SH);
+        assert_eq!(std::fs::read_to_string(path).unwrap(), BAKE_FINISH_SH);
     }
 
     #[test]
