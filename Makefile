@@ -23,9 +23,12 @@ fmt:
 deps:
 	./scripts/install-test-deps.sh
 
+# shellcheck (Debian package `shellcheck`): the guest shell that cloud-init runs, and image/'s
+# recipes (-x follows their `. lib.sh`).
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	shellcheck -x src/cloudinit/guest/*.sh image/*.sh scripts/*.sh
 
 # Unit tests, the CLI and user-data tests, and the root-only tests with real nginx,
 # the Distribution registry, skopeo and cloud-init (marked #[ignore] for plain `cargo test`).

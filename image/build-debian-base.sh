@@ -118,6 +118,7 @@ log "mmdebstrap $SUITE (${#PACKAGES[@]} packages + minbase) ..."
 t="$(now)"
 # Docs, man pages and translations are left out (the dpkg config stays in the image, so later
 # installs leave them out too); copyright files are kept.
+# shellcheck disable=SC2016 # the hooks' $1 is expanded by mmdebstrap's hook shell
 mmdebstrap --variant=minbase --mode=root \
   --include="$(IFS=,; echo "${PACKAGES[*]}")" \
   --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -139,7 +140,7 @@ log "mmdebstrap done in ${T_MMDEBSTRAP}s"
 t="$(now)"
 ESP_ID="$(od -An -tx4 -N4 /dev/urandom | tr -d ' \n')"
 KVER="$(basename "$(readlink -f "$R/vmlinuz")" | sed 's/^vmlinuz-//')"
-[ -f "$R/boot/vmlinuz-$KVER" ] && [ -f "$R/boot/initrd.img-$KVER" ] || die "no kernel/initrd in the tree"
+{ [ -f "$R/boot/vmlinuz-$KVER" ] && [ -f "$R/boot/initrd.img-$KVER" ]; } || die "no kernel/initrd in the tree"
 
 echo debian >"$R/etc/hostname"
 
@@ -181,6 +182,7 @@ find "$R/var/log" -type f -delete
 rm -f "$R"/var/cache/debconf/*-old "$R"/var/lib/dpkg/*-old "$R/etc/machine-info"
 rm -rf "$R"/var/lib/apt/lists/* "$R"/var/cache/apt/*.bin "$R"/root/.bash_history
 mkdir -p "$R/var/lib/apt/lists/partial"
+# shellcheck disable=SC2016 # dpkg-query's format string, not the shell's
 chroot "$R" dpkg-query -W -f='${Package}\t${Version}\n' >"$WORK/packages.txt"
 T_CONFIG="$(elapsed "$t")"
 
@@ -199,7 +201,7 @@ ${DISK}14 : start=$BIOS_START, size=$BIOS_SECTORS, type=21686148-6449-6E6F-744E-
 ${DISK}15 : start=$ESP_START, size=$ESP_SECTORS, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="esp"
 EOF
 ROOT_SECTORS="$(sfdisk -J "$DISK" | jq -r --arg n "${DISK}1" '.partitiontable.partitions[] | select(.node == $n) | .size')"
-[ -n "$ROOT_SECTORS" ] && [ "$ROOT_SECTORS" -gt 0 ] || die "could not read the root partition's size"
+{ [ -n "$ROOT_SECTORS" ] && [ "$ROOT_SECTORS" -gt 0 ]; } || die "could not read the root partition's size"
 
 # Root filesystem from the tree (root-owned files, xattrs and hard links are kept).
 mkfs.ext4 -q -F -L root -U "$ROOT_UUID" -d "$R" "$WORK/root.img" "$((ROOT_SECTORS / 2))k" >/dev/null

@@ -95,7 +95,7 @@ find_one() { find "$1" -name "$2" \( -type f -o -type l \) | head -n1; }
 BIN="$WORK/x/registry/usr/bin/docker-registry"
 LIBC_SO="$(find_one "$WORK/x/libc" libc.so.6)"
 LD_SO="$(find_one "$WORK/x/libc" ld-linux-x86-64.so.2)"
-[ -f "$BIN" ] && [ -n "$LIBC_SO" ] && [ -n "$LD_SO" ] || die "binary or libc not found in the .debs"
+{ [ -f "$BIN" ] && [ -n "$LIBC_SO" ] && [ -n "$LD_SO" ]; } || die "binary or libc not found in the .debs"
 # Refuse a binary that needs more than libc (a later Debian build could add a dependency).
 needed="$(LC_ALL=C objdump -p "$BIN" 2>/dev/null | awk '/NEEDED/ {print $2}' | sort | tr '\n' ' ' || true)"
 if [ -n "$needed" ] && [ "$needed" != "libc.so.6 " ]; then

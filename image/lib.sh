@@ -10,6 +10,7 @@
 
 set -euo pipefail
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 IMAGE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE_ROOT="${REGIMAGE_TEST_CACHE:-/var/cache/regimage-test}"
 

@@ -261,12 +261,6 @@ fn run_user_data(args: BuildArgs) -> Result<()> {
             "{} is downloaded at first boot from {url} and must have sha256 {sha256}",
             cloudinit::BINARY_PATH,
         ),
-        // Only a bake's seed gets the binary on a drive.
-        BinaryPayload::OnDrive(extent) => eprintln!(
-            "{} is copied from a drive and must have sha256 {}",
-            cloudinit::BINARY_PATH,
-            extent.sha256,
-        ),
     }
     if let Some(limit) = args.max_size {
         eprintln!("within --max-size {}", describe_limit(limit));
@@ -430,7 +424,7 @@ fn too_big_message(
              HEX (HEX from `sha256sum regimage`) so the machine downloads and checks it",
             user_data.binary_encoded_bytes
         ),
-        BinaryPayload::Url { .. } | BinaryPayload::OnDrive(_) => format!(
+        BinaryPayload::Url { .. } => format!(
             "{head}, even without the binary embedded. Use fewer clients or a cloud with a \
              larger limit (NoCloud has none)"
         ),

@@ -304,11 +304,14 @@ fn bake_writes_a_flat_compressed_image_and_never_touches_the_base() {
     assert!(user_data.starts_with("#cloud-config\n"));
     assert!(user_data.contains("bootcmd:"));
     let archive = fs::read(&t.archive).unwrap();
-    let device = "/dev/disk/by-id/virtio-regimage-payload";
-    assert!(user_data.contains(&format!(
-        "dd if={device} iflag=skip_bytes,count_bytes skip=0 count={} ",
-        archive.len()
-    )));
+    // The payload script reads the archive's extent of this drive from its environment.
+    for needed in [
+        "\"REGIMAGE_PAYLOAD_DEVICE=/dev/disk/by-id/virtio-regimage-payload\"".to_string(),
+        "\"REGIMAGE_ARCHIVE_OFFSET=0\"".into(),
+        format!("\"REGIMAGE_ARCHIVE_SIZE={}\"", archive.len()),
+    ] {
+        assert!(user_data.contains(&needed), "{needed} missing");
+    }
     assert!(user_data.contains(&sha_hex(&archive)));
     assert!(iso_file(&seed, "meta-data").starts_with("instance-id: regimage-bake-"));
     // The payload drive: the archive, then the binary that ran the build, each from a
@@ -321,10 +324,8 @@ fn bake_writes_a_flat_compressed_image_and_never_touches_the_base() {
     let binary = fs::read(env!("CARGO_BIN_EXE_regimage")).unwrap();
     assert_eq!(&drive[offset..offset + binary.len()], &binary[..]);
     assert!(drive[offset + binary.len()..].iter().all(|&b| b == 0));
-    assert!(user_data.contains(&format!(
-        "dd if={device} iflag=skip_bytes,count_bytes skip={offset} count={} ",
-        binary.len()
-    )));
+    assert!(user_data.contains(&format!("\"REGIMAGE_BINARY_OFFSET={offset}\"")));
+    assert!(user_data.contains(&format!("\"REGIMAGE_BINARY_SIZE={}\"", binary.len())));
     assert!(user_data.contains(&sha_hex(&binary)));
     // The seed stays small: cloud-init parses it in every stage.
     assert!(user_data.len() < 64 * 1024, "{}", user_data.len());
@@ -860,18 +861,13 @@ fn bake_seed_passes_cloud_init_schema() {
         size,
         sha256: sha.repeat(32),
     };
+    let (archive, binary) = (extent(0, 7494100, "ab"), extent(7494144, 8_000_000, "cd"));
     let mode = regimage::cloudinit::Mode::Bake {
-        archive: extent(0, 7494100, "ab"),
+        archive: &archive,
+        binary: &binary,
     };
     for distro in regimage::distro::Distro::all() {
-        let ud = regimage::cloudinit::build_user_data_for(
-            &config,
-            &files,
-            &regimage::cloudinit::BinaryPayload::OnDrive(extent(7494144, 8_000_000, "cd")),
-            distro,
-            &mode,
-        )
-        .unwrap();
+        let ud = regimage::cloudinit::build_user_data_for(&config, &files, distro, mode).unwrap();
         let path = dir.path().join(format!("bake-{distro}"));
         fs::write(&path, &ud.text).unwrap();
         let out = output(

@@ -516,7 +516,7 @@ fn binary_url_fits_ec2_and_checks_the_download() {
             "{distro}: not reproducible"
         );
         assert!(doc.contains(url));
-        assert!(doc.contains(&format!("echo '{sha}  ")));
+        assert!(doc.contains(&format!("\"{sha}\"")));
         assert!(doc.contains("sha256sum --check"));
         assert!(!doc.contains("/tmp/"));
         let summary = pyyaml_check(&out_path, false);

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cloudinit::{self, BinaryPayload, Mode};
+use crate::cloudinit::{self, Mode};
 use crate::config::Config;
 use crate::distro::Distro;
 use crate::render::FileEntry;
@@ -196,10 +196,10 @@ pub fn bake_with(
     check(progress)?;
 
     let mode = Mode::Bake {
-        archive: drive.archive.clone(),
+        archive: &drive.archive,
+        binary: &drive.binary,
     };
-    let payload = BinaryPayload::OnDrive(drive.binary.clone());
-    let user_data = cloudinit::build_user_data_for(config, files, &payload, opts.distro, &mode)
+    let user_data = cloudinit::build_user_data_for(config, files, opts.distro, mode)
         .context("building the bake's cloud-config")?;
     let seed_iso = seed::make_seed_iso(
         &genisoimage,

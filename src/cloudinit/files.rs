@@ -1,0 +1,193 @@
+//! `write_files` items: the check of each file target, the choice of text or gz+b64, the
+//! permissions string and the deferral.
+
+use std::io::Write as _;
+use std::path::Component;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use super::BINARY_PATH;
+use crate::render::FileEntry;
+use crate::yaml_out::Value;
+
+/// Text files up to this size stay readable in the user-data.
+const TEXT_INLINE_MAX: usize = 2048;
+
+/// A `write_files` item. Every file is deferred to the final stage (`defer: true`), whoever
+/// owns it: `write_files` runs before `users`, so a file owned by (or grouped to) the
+/// service or proxy user would fail its chown; and deferred files land after `packages`, so
+/// our /etc/containers/policy.json replaces the package's copy instead of racing dpkg's
+/// conffile handling. Nothing needs to exist earlier: the runcmd script runs after both.
+pub(super) fn write_file_item(entry: &FileEntry) -> Result<Value> {
+    let path = entry
+        .path
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", entry.path.display()))?;
+    let mut item = vec![
+        ("path", Value::str(path)),
+        (
+            "owner",
+            Value::Str(format!("{}:{}", entry.owner, entry.group)),
+        ),
+        ("permissions", Value::Str(permissions(entry.mode))),
+    ];
+    match encode_content(&entry.contents)
+        .with_context(|| format!("encoding {}", entry.path.display()))?
+    {
+        Content::Text(text) => item.push(("content", Value::Str(text))),
+        Content::GzB64(b64) => {
+            item.push(("encoding", Value::str("gz+b64")));
+            item.push(("content", Value::Str(b64)));
+        }
+    }
+    item.push(("defer", Value::Bool(true)));
+    Ok(Value::map(item))
+}
+
+/// The `write_files` item of the embedded regimage binary, and the length of its gz+b64
+/// content.
+pub(super) fn embedded_binary_item(bytes: &[u8]) -> Result<(Value, usize)> {
+    let content = gz_b64(bytes)?;
+    let len = content.len();
+    let item = Value::map([
+        ("path", Value::str(BINARY_PATH)),
+        ("owner", Value::str("root:root")),
+        ("permissions", Value::str("0755")),
+        ("encoding", Value::str("gz+b64")),
+        ("content", Value::Str(content)),
+        ("defer", Value::Bool(true)),
+    ]);
+    Ok((item, len))
+}
+
+/// `mode` as the quoted octal string cloud-init expects, e.g. "0644" (an unquoted 0644 is
+/// the integer 420 to YAML 1.1, which cloud-init's schema rejects).
+fn permissions(mode: u32) -> String {
+    format!("{:04o}", mode & 0o7777)
+}
+
+/// A file's content as written in the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Content {
+    Text(String),
+    GzB64(String),
+}
+
+/// Text stays text when it is clean UTF-8 (no control characters but newline and tab) and
+/// small, or when compressing would save under a fifth; everything else is gz+b64.
+fn encode_content(bytes: &[u8]) -> Result<Content> {
+    let text = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|s| !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'));
+    match text {
+        Some(s) if s.len() <= TEXT_INLINE_MAX => Ok(Content::Text(s.to_string())),
+        Some(s) => {
+            let b64 = gz_b64(bytes)?;
+            if b64.len() * 5 < s.len() * 4 {
+                Ok(Content::GzB64(b64))
+            } else {
+                Ok(Content::Text(s.to_string()))
+            }
+        }
+        None => Ok(Content::GzB64(gz_b64(bytes)?)),
+    }
+}
+
+/// gzip (level 6, mtime 0, so the output depends only on the input) then base64.
+/// Level 6 instead of 9: measured on a 91 MB debug binary, 9 took 2.4 times as long
+/// (45 s against 19 s, unoptimized miniz_oxide) for an output 0.4% smaller.
+fn gz_b64(bytes: &[u8]) -> Result<String> {
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(bytes).context("compressing")?;
+    let compressed = gz.finish().context("compressing")?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(compressed))
+}
+
+/// A file target the document can carry: absolute, no `.`/`..`, not under a directory that
+/// may be emptied after cloud-init wrote it, with plain owner and group names and a mode.
+pub(super) fn check_entry(entry: &FileEntry) -> Result<()> {
+    let path = &entry.path;
+    let shown = path.display();
+    if !path.is_absolute() {
+        bail!("{shown}: a file target must be an absolute path");
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        bail!("{shown}: a file target must not contain '.' or '..'");
+    }
+    // /tmp may be a fresh tmpfs after cloud-init wrote it; /var/tmp is aged out by
+    // systemd-tmpfiles.
+    if path.starts_with("/tmp") || path.starts_with("/var/tmp") {
+        bail!("{shown}: the appliance never writes under /tmp or /var/tmp");
+    }
+    for (what, name) in [("owner", &entry.owner), ("group", &entry.group)] {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            bail!("{shown}: {what} {name:?} is not a user or group name");
+        }
+    }
+    if entry.mode > 0o7777 {
+        bail!("{shown}: mode {:o} has bits beyond 7777", entry.mode);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloudinit::tests::{entry, unpack};
+
+    #[test]
+    fn every_file_is_deferred_whoever_owns_it() {
+        for (owner, group) in [("root", "root"), ("registry", "registry"), ("root", "x")] {
+            let e = entry("/etc/x", 0o644, owner, group, b"x");
+            let item = write_file_item(&e).unwrap();
+            assert_eq!(item.get("defer"), Some(&Value::Bool(true)), "{owner}");
+            assert_eq!(
+                item.get("owner"),
+                Some(&Value::Str(format!("{owner}:{group}")))
+            );
+        }
+        let (binary, _) = embedded_binary_item(b"\x7fELF").unwrap();
+        assert_eq!(binary.get("defer"), Some(&Value::Bool(true)));
+    }
+
+    #[test]
+    fn content_encoding_choice() {
+        assert_eq!(
+            encode_content(b"small\n").unwrap(),
+            Content::Text("small\n".into())
+        );
+        assert!(matches!(
+            encode_content(&[0xff, 0]).unwrap(),
+            Content::GzB64(_)
+        ));
+        assert!(matches!(
+            encode_content(b"bell\x07").unwrap(),
+            Content::GzB64(_)
+        ));
+        let big = "server { listen 443; }\n".repeat(200);
+        let Content::GzB64(b64) = encode_content(big.as_bytes()).unwrap() else {
+            panic!("big repetitive text should be compressed")
+        };
+        assert_eq!(unpack(&b64), big.as_bytes());
+        // Deterministic: same input, same bytes.
+        assert_eq!(gz_b64(big.as_bytes()).unwrap(), b64);
+    }
+
+    #[test]
+    fn permissions_are_octal_strings() {
+        assert_eq!(permissions(0o644), "0644");
+        assert_eq!(permissions(0o755), "0755");
+        assert_eq!(permissions(0o600), "0600");
+        assert_eq!(permissions(0o4755), "4755");
+    }
+}
