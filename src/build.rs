@@ -5,7 +5,7 @@
 //! atomically (a temporary file renamed into place) or not at all, also when it is over
 //! `--max-size`. The summary goes to stderr; stdout carries data only (`-o -`).
 //! [`qcow2`] bakes the same payload into a cloud image: see [`crate::qcow2`]. The flags
-//! are in [`crate::cli`]; this module takes [`UserDataOptions`] and [`Qcow2Options`].
+//! are parsed in the `cli` module; this module takes [`UserDataOptions`] and [`Qcow2Options`].
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The errors that pick the exit status: 0 success, 1 failure, 2 bad input.
 //!
 //! A leaf module: domain code returns these errors, and only the command line
-//! ([`crate::cli`]) turns an error into an exit status, with [`exit_code_for`].
+//! (the `cli` module) turns an error into an exit status, with [`exit_code_for`].
 
 use crate::config::ConfigError;
 
