@@ -14,7 +14,7 @@ release:
 
 # The main job on built-in defaults: a cloud-init user-data file at ./user-data.
 user-data: release
-	./target/release/regimage build --format user-data -o user-data
+	./target/release/regimage build user-data -o user-data
 
 fmt:
 	$(CARGO) fmt

@@ -1,93 +1,75 @@
-//! `regimage build`: the site config to a cloud-init user-data file or a qcow2 image.
+//! `regimage build user-data|qcow2`: the site config to a cloud-init user-data file or a
+//! qcow2 image.
 //!
-//! Every argument is checked before anything is rendered or written; the output appears
+//! Every option is checked before anything is rendered or written; the output appears
 //! atomically (a temporary file renamed into place) or not at all, also when it is over
 //! `--max-size`. The summary goes to stderr; stdout carries data only (`-o -`).
-//! `--format qcow2` bakes the same payload into a cloud image: see [`crate::qcow2`].
+//! [`qcow2`] bakes the same payload into a cloud image: see [`crate::qcow2`]. The flags
+//! are parsed in the `cli` module; this module takes [`UserDataOptions`] and [`Qcow2Options`].
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Args;
 
-use crate::cli::{ConfigArg, UsageError};
 use crate::cloudinit::{self, BinaryPayload};
+use crate::config::Config;
 use crate::distro::Distro;
+use crate::error::UsageError;
 use crate::qcow2::qemu::Accel;
 use crate::qcow2::{BakeOptions, BaseSource};
 
-/// Default output of `--format qcow2`.
-const DEFAULT_QCOW2_OUTPUT: &str = "regimage.qcow2";
-/// Default output of `--format user-data`.
-const DEFAULT_USER_DATA_OUTPUT: &str = "user-data";
+/// Default output of `build qcow2`.
+pub const DEFAULT_QCOW2_OUTPUT: &str = "regimage.qcow2";
+/// Default output of `build user-data`.
+pub const DEFAULT_USER_DATA_OUTPUT: &str = "user-data";
 /// Bake VM memory: enough for apt and cloud-init under TCG.
-const DEFAULT_MEMORY_MIB: u32 = 2048;
+pub const DEFAULT_MEMORY_MIB: u32 = 2048;
 /// Bound of boot+bake: a TCG bake takes 10-20 minutes on 2 cores.
-const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 
 /// Mode of the user-data file: it holds nothing secret (no keys, no certificates, no
 /// passwords) and is meant to be handed to cloud tooling, like any config file.
 const OUTPUT_MODE: u32 = 0o644;
 
-#[derive(Debug, Args)]
-pub struct BuildArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "user-data")]
-    pub format: Format,
-    /// Output file; `-` for standard output (user-data only). Default: `user-data`, or
-    /// `regimage.qcow2` with --format qcow2.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Target distribution: package names, Podman version, rootless network helper.
-    #[arg(long, value_enum, default_value_t = Distro::default())]
+/// What `build user-data` writes, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserDataOptions {
+    /// The site config; `None` for the built-in defaults.
+    pub config: Option<PathBuf>,
+    /// Output file; `-` for standard output.
+    pub output: PathBuf,
     pub distro: Distro,
-    /// Fail instead of writing output larger than this: a byte count with an optional
-    /// K, KiB, M or MiB suffix, or a cloud's user-data limit: ec2 (16 KiB), openstack or
-    /// azure (64 KiB), gce (256 KiB).
-    #[arg(long, value_name = "BYTES|PRESET", value_parser = parse_max_size)]
+    /// Refuse output larger than this.
     pub max_size: Option<MaxSize>,
-    /// Download the regimage binary from this http(s) URL at first boot instead of
-    /// embedding it (needs --binary-sha256). Use it where user-data size is limited.
-    #[arg(long, value_name = "URL", requires = "binary_sha256", value_parser = parse_binary_url)]
-    pub binary_url: Option<String>,
-    /// sha256 of the binary at --binary-url (64 hex digits, `sha256sum regimage`); the
-    /// machine refuses to install a download that does not match.
-    #[arg(long, value_name = "HEX", requires = "binary_url", value_parser = parse_sha256)]
-    pub binary_sha256: Option<String>,
-    /// qcow2: the cloud image to bake, a qcow2 or raw file (never modified), or
-    /// `ubuntu-24.04` for the official Ubuntu 24.04 cloud image (downloaded, checked against
-    /// its SHA256SUMS and cached in ~/.cache/regimage/bases).
-    #[arg(long, value_name = "IMAGE")]
-    pub base: Option<String>,
-    /// qcow2: OCI archive of the registry image pinned by registry.image (make it with
-    /// `regimage fetch-image`); refused unless its manifest digest is the pin.
-    #[arg(long, value_name = "ARCHIVE")]
-    pub registry_archive: Option<PathBuf>,
-    /// qcow2: how QEMU runs the bake VM [default: auto]
-    #[arg(long, value_enum)]
-    pub accel: Option<Accel>,
-    /// qcow2: memory of the bake VM in MiB [default: 2048]
-    #[arg(long, value_name = "MiB", value_parser = clap::value_parser!(u32).range(1024..=65536))]
-    pub memory: Option<u32>,
-    /// qcow2: give up on boot+bake after this many seconds [default: 3600]
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout: Option<u64>,
-    /// qcow2: directory URL of the official base image and its checksum file (a mirror);
-    /// also REGIMAGE_UBUNTU_BASE_URL.
-    #[arg(long, value_name = "URL", hide = true)]
-    pub base_url: Option<String>,
+    /// Download the binary at first boot from here instead of embedding it.
+    pub binary_url: Option<BinaryUrl>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// A #cloud-config for a stock Ubuntu 24.04 (or Debian 13) cloud image.
-    UserData,
-    /// A qcow2 image with everything installed: a cloud image baked in a QEMU VM.
-    Qcow2,
+/// Where the machine downloads the regimage binary, and the sha256 it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryUrl {
+    pub url: String,
+    /// 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+/// What `build qcow2` bakes, from what, and how; turned into [`BakeOptions`] once checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2Options {
+    /// The site config; `None` for the built-in defaults.
+    pub config: Option<PathBuf>,
+    pub output: PathBuf,
+    pub distro: Distro,
+    /// A qcow2 or raw file, or a distribution id with an official cloud image.
+    pub base: String,
+    /// Mirror of the official base image's directory.
+    pub base_url: Option<String>,
+    pub registry_archive: PathBuf,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub timeout: std::time::Duration,
 }
 
 /// A size limit, from a byte count or a cloud preset.
@@ -141,89 +123,38 @@ pub fn parse_max_size(s: &str) -> Result<MaxSize, String> {
     }
 }
 
-fn parse_binary_url(s: &str) -> Result<String, String> {
+/// `--binary-url`: an http(s) URL the machine can fetch.
+pub fn parse_binary_url(s: &str) -> Result<String, String> {
     cloudinit::check_binary_url(s).map(|()| s.to_string())
 }
 
 /// Accepts either case (some tools print uppercase) and keeps it lowercase.
-fn parse_sha256(s: &str) -> Result<String, String> {
+pub fn parse_sha256(s: &str) -> Result<String, String> {
     let lower = s.trim().to_ascii_lowercase();
     cloudinit::check_sha256(&lower).map(|()| lower)
 }
 
-pub fn run(args: BuildArgs) -> Result<()> {
-    match args.format {
-        Format::UserData => run_user_data(args),
-        Format::Qcow2 => run_qcow2(args),
-    }
-}
-
-/// Flags that belong to the other format are refused, not ignored.
-fn check_format_flags(args: &BuildArgs) -> Result<()> {
-    let (format, given): (&str, Vec<&str>) = match args.format {
-        Format::UserData => (
-            "user-data",
-            [
-                (args.base.is_some(), "--base"),
-                (args.registry_archive.is_some(), "--registry-archive"),
-                (args.accel.is_some(), "--accel"),
-                (args.memory.is_some(), "--memory"),
-                (args.timeout.is_some(), "--timeout"),
-                (args.base_url.is_some(), "--base-url"),
-            ]
-            .into_iter()
-            .filter_map(|(set, name)| set.then_some(name))
-            .collect(),
-        ),
-        Format::Qcow2 => (
-            "qcow2",
-            [
-                (args.max_size.is_some(), "--max-size"),
-                (args.binary_url.is_some(), "--binary-url"),
-                (args.binary_sha256.is_some(), "--binary-sha256"),
-            ]
-            .into_iter()
-            .filter_map(|(set, name)| set.then_some(name))
-            .collect(),
-        ),
-    };
-    if given.is_empty() {
-        return Ok(());
-    }
-    Err(UsageError(format!(
-        "{} cannot be used with --format {format}",
-        given.join(", ")
-    ))
-    .into())
-}
-
-fn run_user_data(args: BuildArgs) -> Result<()> {
+/// `build user-data`: checks the output path, then renders and writes the cloud-config.
+pub fn user_data(opts: &UserDataOptions) -> Result<()> {
     let started = Instant::now();
-    check_format_flags(&args)?;
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_USER_DATA_OUTPUT));
+    let output = &opts.output;
     let to_stdout = output == Path::new("-");
     if !to_stdout {
-        check_output_path(&output)?;
+        check_output_path(output)?;
     }
-    let config = args.config.load()?;
+    let config = Config::load(opts.config.as_deref())?;
     let files = user_data_files(&config)?;
-    let binary = match (args.binary_url, args.binary_sha256) {
-        (Some(url), Some(sha256)) => BinaryPayload::Url { url, sha256 },
-        (None, None) => BinaryPayload::Embedded(read_own_binary()?),
-        _ => {
-            return Err(UsageError(
-                "--binary-url and --binary-sha256 go together; give both or neither".into(),
-            )
-            .into())
-        }
+    let binary = match &opts.binary_url {
+        Some(BinaryUrl { url, sha256 }) => BinaryPayload::Url {
+            url: url.clone(),
+            sha256: sha256.clone(),
+        },
+        None => BinaryPayload::Embedded(read_own_binary()?),
     };
-    let user_data = cloudinit::build_user_data(&config, &files, &binary, args.distro)?;
+    let user_data = cloudinit::build_user_data(&config, &files, &binary, opts.distro)?;
     let size = user_data.text.len();
 
-    if let Some(limit) = args.max_size {
+    if let Some(limit) = opts.max_size {
         if size as u64 > limit.bytes {
             return Err(UsageError(too_big_message(size, limit, &binary, &user_data)).into());
         }
@@ -236,7 +167,7 @@ fn run_user_data(args: BuildArgs) -> Result<()> {
             .and_then(|()| stdout.flush())
             .context("writing the user-data to standard output")?;
     } else {
-        crate::fsutil::write_atomic(&output, user_data.text.as_bytes(), OUTPUT_MODE)?;
+        crate::fsutil::write_atomic(output, user_data.text.as_bytes(), OUTPUT_MODE)?;
     }
 
     let shown = if to_stdout {
@@ -247,7 +178,7 @@ fn run_user_data(args: BuildArgs) -> Result<()> {
     eprintln!(
         "wrote {shown}: {size} bytes ({}) of user-data for {}, {} files",
         kib(size),
-        args.distro,
+        opts.distro,
         files.len(),
     );
     match &binary {
@@ -262,21 +193,17 @@ fn run_user_data(args: BuildArgs) -> Result<()> {
             cloudinit::BINARY_PATH,
         ),
     }
-    if let Some(limit) = args.max_size {
+    if let Some(limit) = opts.max_size {
         eprintln!("within --max-size {}", describe_limit(limit));
     }
     eprintln!("took {:.2} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// `--format qcow2`: checks every argument, then bakes (see [`crate::qcow2`]).
-fn run_qcow2(args: BuildArgs) -> Result<()> {
+/// `build qcow2`: checks every option, then bakes (see [`crate::qcow2`]).
+pub fn qcow2(opts: &Qcow2Options) -> Result<()> {
     let started = Instant::now();
-    check_format_flags(&args)?;
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_QCOW2_OUTPUT));
+    let output = opts.output.clone();
     if output == Path::new("-") {
         return Err(UsageError(
             "-o -: a qcow2 image is not written to standard output; give a file path".into(),
@@ -284,50 +211,37 @@ fn run_qcow2(args: BuildArgs) -> Result<()> {
         .into());
     }
     check_output_path(&output)?;
-    let base = match args.base.as_deref() {
-        None => {
-            return Err(UsageError(
-                "--format qcow2 needs --base IMAGE (a qcow2 or raw file, or ubuntu-24.04)".into(),
-            )
-            .into())
-        }
-        Some(name) => base_source(name, args.distro, args.base_url.clone())?,
-    };
-    let archive = args.registry_archive.clone().ok_or_else(|| {
-        UsageError(
-            "--format qcow2 needs --registry-archive ARCHIVE (make it with `regimage \
-             fetch-image -c CONFIG -o ARCHIVE`)"
-                .into(),
-        )
-    })?;
+    let base = base_source(&opts.base, opts.distro, opts.base_url.clone())?;
+    let archive = opts.registry_archive.clone();
     if !archive.is_file() {
         return Err(UsageError(format!(
-            "--registry-archive {}: no such file",
+            "--registry-archive {}: no such file (make it with `regimage fetch-image -c CONFIG \
+             -o ARCHIVE`)",
             archive.display()
         ))
         .into());
     }
-    let config = args.config.load()?;
+    let config = Config::load(opts.config.as_deref())?;
     let files = user_data_files(&config)?;
     let binary = read_own_binary()?;
-    let opts = BakeOptions {
+    let bake = BakeOptions {
         base,
         archive,
         output,
-        accel: args.accel.unwrap_or_default(),
-        distro: args.distro,
-        memory_mib: args.memory.unwrap_or(DEFAULT_MEMORY_MIB),
-        timeout: std::time::Duration::from_secs(args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS)),
+        accel: opts.accel,
+        distro: opts.distro,
+        memory_mib: opts.memory_mib,
+        timeout: opts.timeout,
         binary,
         cache_dir: None,
     };
-    let report = crate::qcow2::bake(&config, &files, &opts)?;
+    let report = crate::qcow2::bake(&config, &files, &bake)?;
     eprintln!(
         "wrote {}: {} ({} bytes), qcow2 for {}, {} virtual disk",
         report.output.display(),
         crate::qcow2::progress::format_size(report.output_bytes),
         report.output_bytes,
-        args.distro,
+        bake.distro,
         crate::qcow2::progress::format_size(report.virtual_bytes),
     );
     eprintln!(
@@ -398,7 +312,7 @@ fn base_source(name: &str, distro: Distro, base_url: Option<String>) -> Result<B
 
 /// The files the user-data writes: render's file set and its manifest (as `regimage
 /// render` writes them; the binary is added by [`cloudinit`]).
-pub fn user_data_files(config: &crate::config::Config) -> Result<Vec<crate::render::FileEntry>> {
+pub fn user_data_files(config: &Config) -> Result<Vec<crate::render::FileEntry>> {
     let mut files =
         crate::render::appliance_files(config).context("rendering the appliance's files")?;
     let manifest = crate::render::manifest_file(&files).context("making the manifest")?;

@@ -41,7 +41,7 @@ impl RootlessNetwork {
     }
 }
 
-/// A distribution's official cloud image, for `regimage build --format qcow2 --base <id>`.
+/// A distribution's official cloud image, for `regimage build qcow2 --base <id>`.
 #[derive(Debug)]
 pub struct CloudImage {
     /// Directory URL (ending in '/') that holds the image and its checksum file.

@@ -1,5 +1,5 @@
 //! `regimage fetch-image`: the pinned registry image as an OCI archive, the input of
-//! `regimage build --format qcow2 --registry-archive`.
+//! `regimage build qcow2 --registry-archive`.
 //!
 //! `skopeo copy --preserve-digests --multi-arch all docker://NAME@DIGEST oci-archive:FILE`
 //! into a temporary file beside the output, then the archive is read back
@@ -14,22 +14,22 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Args;
 
-use crate::cli::{ConfigArg, UsageError};
 use crate::cmd::CommandRunExt as _;
+use crate::config::Config;
+use crate::error::UsageError;
 
 /// Test seam: the skopeo to run.
 pub const SKOPEO_ENV: &str = "REGIMAGE_SKOPEO";
 /// Mode of the archive: a public image, nothing secret.
 const OUTPUT_MODE: u32 = 0o644;
 
-#[derive(Debug, Args)]
-pub struct FetchImageArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    /// Where to write the OCI archive of registry.image.
-    #[arg(short, long, value_name = "ARCHIVE")]
+/// What `fetch-image` fetches (the image the config pins) and where it writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The site config; `None` for the built-in defaults.
+    pub config: Option<PathBuf>,
+    /// The OCI archive to write.
     pub output: PathBuf,
 }
 
@@ -46,28 +46,28 @@ pub fn skopeo_args(pinned: &str, dest: &Path) -> Vec<String> {
     ]
 }
 
-pub fn run(args: FetchImageArgs) -> Result<()> {
+pub fn run(opts: &Options) -> Result<()> {
     let started = Instant::now();
-    if args.output.is_dir() || args.output.as_os_str() == "-" {
+    if opts.output.is_dir() || opts.output.as_os_str() == "-" {
         return Err(UsageError(format!(
             "-o {}: expected a file path for the archive",
-            args.output.display()
+            opts.output.display()
         ))
         .into());
     }
-    let dir = match args.output.parent() {
+    let dir = match opts.output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
         return Err(UsageError(format!(
             "-o {}: directory {} does not exist",
-            args.output.display(),
+            opts.output.display(),
             dir.display()
         ))
         .into());
     }
-    let config = args.config.load()?;
+    let config = Config::load(opts.config.as_deref())?;
     let image = config.image_ref()?;
     let skopeo = match std::env::var_os(SKOPEO_ENV) {
         Some(p) => PathBuf::from(p),
@@ -94,14 +94,14 @@ pub fn run(args: FetchImageArgs) -> Result<()> {
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.output)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), args.output.display()))?;
-    let size = std::fs::metadata(&args.output)
-        .with_context(|| format!("reading the size of {}", args.output.display()))?
+    std::fs::rename(&tmp, &opts.output)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), opts.output.display()))?;
+    let size = std::fs::metadata(&opts.output)
+        .with_context(|| format!("reading the size of {}", opts.output.display()))?
         .len();
     eprintln!(
         "wrote {}: {} of {pinned}",
-        args.output.display(),
+        opts.output.display(),
         crate::qcow2::progress::format_size(size)
     );
     eprintln!(

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::cli::UsageError;
+use crate::error::UsageError;
 
 /// The annotated defaults; a unit test keeps it equal to `Config::default()`.
 pub const ANNOTATED_DEFAULTS: &str = include_str!("../templates/regimage.yaml");

@@ -10,6 +10,7 @@ pub mod cloudinit;
 pub mod cmd;
 pub mod config;
 pub mod distro;
+pub mod error;
 pub mod fetch_image;
 pub mod firstboot;
 pub mod fsutil;

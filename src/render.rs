@@ -238,6 +238,14 @@ pub fn write_tree(root: &Path, files: &[FileEntry]) -> Result<()> {
     Ok(())
 }
 
+/// `regimage render`: the appliance's files and the manifest under `root` (created if
+/// missing); returns how many files there are besides the manifest.
+pub fn render_to(config: &Config, root: &Path) -> Result<usize> {
+    let files = appliance_files(config)?;
+    write_tree(root, &files)?;
+    Ok(files.len())
+}
+
 /// registries.conf(5) drop-in: pulls of the pinned repository try the mirror first. Pulls
 /// by digest are always allowed from a mirror, so the pin is what keeps the image honest.
 fn mirror_conf(repository: &str, mirror: &str, insecure: bool) -> Result<Vec<u8>> {

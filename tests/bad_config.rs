@@ -121,7 +121,9 @@ fn unknown_argument_is_bad_input() {
 fn check_accepts_defaults_and_init_output() {
     let out = output(regimage().arg("check"));
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("built-in defaults: valid"));
+    // A report, not data: on stderr, and stdout stays empty.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built-in defaults: valid"));
+    assert!(out.stdout.is_empty());
     let dir = test_dir("regimage-init-");
     let cfg = dir.path().join("regimage.yaml");
     let out = output(regimage().args(["init", "-o"]).arg(&cfg));

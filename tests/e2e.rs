@@ -2,12 +2,12 @@
 //! Debian 13 guest under QEMU/TCG, checked from the host and from inside.
 //!
 //! - `e2e_user_data`: the plain Debian 13 base (image/build-debian-base.sh) boots with a
-//!   NoCloud seed whose user-data is `regimage build --format user-data --distro debian-13`
+//!   NoCloud seed whose user-data is `regimage build user-data --distro debian-13`
 //!   plus an SSH key for the default user. The pinned registry image comes from a mirror on
 //!   the host (Debian's Distribution registry holding image/'s fixture, `registry.mirror`),
 //!   the regimage binary from a one-file HTTP server on the host (`--binary-url`: an
 //!   embedded debug binary would be tens of MB of YAML for cloud-init to parse under TCG).
-//! - `e2e_qcow2`: the same base baked with `regimage build --format qcow2` and the fixture
+//! - `e2e_qcow2`: the same base baked with `regimage build qcow2` and the fixture
 //!   archive, booted with a seed holding only an SSH key and an instance id; then a second
 //!   VM from the same image, killed while first boot runs and booted again, finishes and has
 //!   certificates of its own.
@@ -617,7 +617,7 @@ fn e2e_user_data() {
     let t = Instant::now();
     run_ok(
         regimage()
-            .args(["build", "--format", "user-data", "--distro", "debian-13"])
+            .args(["build", "user-data", "--distro", "debian-13"])
             .args([
                 "-c",
                 &s(&cfg),
@@ -735,7 +735,7 @@ fn key_only_seed(dir: &Path, key: &SshKey, instance: &str) -> PathBuf {
     )
 }
 
-/// Bakes the appliance: `regimage build --format qcow2` of the Debian base with the fixture.
+/// Bakes the appliance: `regimage build qcow2` of the Debian base with the fixture.
 fn bake(work: &Path, cfg: &Path, inputs: &Inputs, timings: &mut Timings) -> PathBuf {
     let bin = guest_binary(&work.join("bin"));
     let out = work.join("appliance.qcow2");
@@ -748,17 +748,9 @@ fn bake(work: &Path, cfg: &Path, inputs: &Inputs, timings: &mut Timings) -> Path
         log.display()
     ));
     let mut bake = vm::Background::start(
-        "regimage build --format qcow2",
+        "regimage build qcow2",
         Command::new(&bin)
-            .args([
-                "build",
-                "--format",
-                "qcow2",
-                "--distro",
-                "debian-13",
-                "--accel",
-                "tcg",
-            ])
+            .args(["build", "qcow2", "--distro", "debian-13", "--accel", "tcg"])
             .args([
                 "--timeout",
                 "2700",

@@ -1,4 +1,4 @@
-//! `regimage build --format qcow2` and `regimage fetch-image` without a real VM or network.
+//! `regimage build qcow2` and `regimage fetch-image` without a real VM or network.
 //!
 //! A shell script stands in for qemu-system-x86_64 (REGIMAGE_QEMU_SYSTEM): it records the
 //! seed and the payload drive it was given, writes a console log like a guest's, writes into
@@ -175,7 +175,7 @@ impl Setup {
 
     fn command(&self, base: &Path, mode: &str, extra: &[&str]) -> Command {
         let mut cmd = regimage();
-        cmd.args(["build", "--format", "qcow2", "--distro", "debian-13", "-c"])
+        cmd.args(["build", "qcow2", "--distro", "debian-13", "-c"])
             .arg(&self.config)
             .arg("--base")
             .arg(base)
@@ -487,7 +487,7 @@ fn usage_errors_come_before_any_work() {
     let t = Setup::new();
     let base = make_base(t.dir.path(), "qcow2");
     let (c, b, a, o) = (s(&t.config), s(&base), s(&t.archive), s(&t.out));
-    let qcow2 = ["build", "--format", "qcow2", "-c", &c];
+    let qcow2 = ["build", "qcow2", "-c", &c];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--registry-archive", &a, "-o", &o], "--base"),
         (vec!["--base", &b, "-o", &o], "--registry-archive"),
@@ -553,11 +553,26 @@ fn usage_errors_come_before_any_work() {
             "{args:?}: {needle:?} not in {stderr}"
         );
     }
-    // qcow2 flags with user-data are refused, not ignored.
-    let out = output(regimage().args(["build", "-o", &o, "--accel", "tcg", "--timeout", "9"]));
+    // qcow2 flags with user-data are refused, not ignored, in either spelling.
+    for spelling in [&["build"][..], &["build", "--format", "user-data"]] {
+        let out =
+            output(
+                regimage()
+                    .args(spelling)
+                    .args(["-o", &o, "--accel", "tcg", "--timeout", "9"]),
+            );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("unexpected argument '--accel'"), "{stderr}");
+    }
+    // The old spelling still bakes-or-refuses like the new one: here, the same refusal.
+    let old = [
+        "build", "--format", "qcow2", "-c", &c, "--base", &b, "-o", &o,
+    ];
+    let out = output(regimage().args(old));
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--accel, --timeout cannot be used with --format user-data"));
+    assert!(stderr.contains("--registry-archive"), "{stderr}");
     // clap's own range checks.
     for bad in [["--memory", "512"], ["--timeout", "0"]] {
         let out = output(regimage().args(qcow2).args(bad));
@@ -726,7 +741,6 @@ fn build_with_base_ubuntu_uses_the_mirror_and_the_cache() {
     let mut cmd = regimage();
     cmd.args([
         "build",
-        "--format",
         "qcow2",
         "--accel",
         "tcg",

@@ -59,11 +59,13 @@ fn render(dir: &Path, config: Option<&str>) -> PathBuf {
         cmd.arg("-c").arg(&cfg);
     }
     let out = run_ok(&mut cmd);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The summary is a message: stderr; stdout is for data.
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stdout.contains(&format!("wrote {} files", FILES.len())),
-        "{stdout}"
+        stderr.contains(&format!("wrote {} files", FILES.len())),
+        "{stderr}"
     );
+    assert!(out.stdout.is_empty());
     root
 }
 

@@ -1,4 +1,4 @@
-//! `regimage build --format user-data`: the document as cloud-init reads it.
+//! `regimage build user-data`: the document as cloud-init reads it.
 //!
 //! PyYAML (what cloud-init parses with, YAML 1.1) must read exactly the tree regimage
 //! built; `cloud-init schema` must accept it; the embedded binary must decode to the binary
@@ -407,6 +407,36 @@ fn assert_no_secrets(doc: &str) {
 
 fn build(args: &[&str]) -> Output {
     run(Command::new(BIN).arg("build").args(args))
+}
+
+#[test]
+fn every_spelling_of_build_user_data_writes_the_same_document() {
+    let sha = "ab".repeat(32);
+    let flags = [
+        "-o",
+        "-",
+        "--binary-url",
+        "https://downloads.example.com/regimage",
+        "--binary-sha256",
+        &sha,
+    ];
+    let spellings: [&[&str]; 4] = [
+        &["user-data"],
+        &[],
+        &["--format", "user-data"],
+        &["--format=user-data"],
+    ];
+    let mut first: Option<Vec<u8>> = None;
+    for spelling in spellings {
+        let args: Vec<&str> = spelling.iter().chain(&flags).copied().collect();
+        let out = build(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(out.stdout.starts_with(b"#cloud-config"), "{args:?}");
+        match &first {
+            None => first = Some(out.stdout),
+            Some(doc) => assert!(doc == &out.stdout, "{args:?} wrote another document"),
+        }
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -400,6 +400,14 @@ impl Config {
     pub fn to_yaml(&self) -> anyhow::Result<String> {
         Ok(serde_yaml_ng::to_string(self)?)
     }
+
+    /// `regimage check`'s report: the config from `source` (`None`: the built-in defaults)
+    /// is valid, and the image it pins.
+    pub fn check_report(&self, source: Option<&Path>) -> anyhow::Result<String> {
+        let source = source.map_or("built-in defaults".to_string(), |p| p.display().to_string());
+        let image = self.image_ref()?;
+        Ok(format!("{source}: valid\nregistry image: {image}\n"))
+    }
 }
 
 /// serde's messages are mostly fine; make the common ones say what is expected.

@@ -28,13 +28,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use clap::Args;
 use serde::Serialize;
 
 use crate::bundle::{self, BundleReport};
-use crate::cli::{ConfigArg, UsageError};
 use crate::cloudinit;
 use crate::config::Config;
+use crate::error::UsageError;
 use crate::fsutil;
 use crate::identity::{self, HostFacts, Sans};
 use crate::pki::{self, PkiPaths, PkiReport};
@@ -46,27 +45,13 @@ use system::{ReadOnly, System};
 /// The health wait when --health-timeout is not given: TCG virtual machines are slow.
 pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 180;
 
-#[derive(Debug, Args)]
-pub struct FirstbootArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    /// Directory that stands for `/` (only with --no-system).
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    pub root: PathBuf,
-    /// Only write certificates and client bundles under --root; change nothing else.
-    #[arg(long)]
-    pub no_system: bool,
-    /// Print what a run would change on this machine, and change nothing.
-    #[arg(long, conflicts_with = "no_system")]
-    pub dry_run: bool,
-    /// How long to wait for the registry and the proxy to answer.
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        default_value_t = DEFAULT_HEALTH_TIMEOUT_SECS,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
-    pub health_timeout: u64,
+/// What `regimage firstboot` does: the whole machine, or only files under a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The full first boot on this machine (`/`).
+    System(Options),
+    /// Only the certificates and client bundles, under `root` standing for `/`.
+    NoSystem { root: PathBuf },
 }
 
 /// How the full first boot runs.
@@ -100,29 +85,20 @@ pub const STEPS: [(&str, StepFn); 9] = [
     ("output", steps::output),
 ];
 
-pub fn run(args: FirstbootArgs) -> Result<()> {
-    if args.no_system {
-        check_root(&args.root)?;
-        let config = args.config.load()?;
-        let outcome = run_no_system(&args.root, &config)?;
-        print!("{}", summary(&outcome));
-        return Ok(());
-    }
-    if args.root != Path::new("/") {
-        return Err(UsageError(format!(
-            "--root {} works only with --no-system: the full first boot changes this machine \
-             (users, firewall, services), not a directory; pass --no-system to write only the \
-             certificates and client bundles under --root",
-            args.root.display()
-        ))
-        .into());
-    }
-    let config = args.config.load()?;
-    check_privileges(nix::unistd::geteuid().is_root(), args.dry_run)?;
-    let opts = Options {
-        dry_run: args.dry_run,
-        health_timeout: Duration::from_secs(args.health_timeout),
+/// `regimage firstboot`: loads the site config (`None`: the built-in defaults) and runs.
+pub fn run(config: Option<&Path>, mode: Mode) -> Result<()> {
+    let opts = match mode {
+        Mode::NoSystem { root } => {
+            check_root(&root)?;
+            let config = Config::load(config)?;
+            let outcome = run_no_system(&root, &config)?;
+            print!("{}", summary(&outcome));
+            return Ok(());
+        }
+        Mode::System(opts) => opts,
     };
+    let config = Config::load(config)?;
+    check_privileges(nix::unistd::geteuid().is_root(), opts.dry_run)?;
     let sys = real::RealSystem::new();
     let status = run_system(&sys, Path::new("/"), &config, &opts)?;
     if opts.dry_run {

@@ -826,22 +826,6 @@ fn wrong_firewall_rules_are_removed_and_none_duplicated() {
 }
 
 #[test]
-fn full_first_boot_with_a_root_directory_is_refused_with_a_hint() {
-    let dir = tempfile::tempdir().unwrap();
-    let e = run(FirstbootArgs {
-        config: ConfigArg::default(),
-        root: dir.path().to_path_buf(),
-        no_system: false,
-        dry_run: false,
-        health_timeout: 180,
-    })
-    .unwrap_err();
-    assert!(e.is::<UsageError>());
-    assert!(e.to_string().contains("--no-system"), "{e}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-}
-
-#[test]
 fn only_root_runs_the_real_thing() {
     let e = check_privileges(false, false).unwrap_err().to_string();
     assert!(
@@ -853,48 +837,11 @@ fn only_root_runs_the_real_thing() {
 }
 
 #[test]
-fn cli_flags() {
-    use clap::Parser;
-    let cli = crate::cli::Cli::try_parse_from([
-        "regimage",
-        "firstboot",
-        "--dry-run",
-        "--health-timeout",
-        "30",
-    ])
-    .unwrap();
-    let crate::cli::Command::Firstboot(args) = cli.command else {
-        panic!("not firstboot");
-    };
-    assert!(args.dry_run && !args.no_system);
-    assert_eq!(args.health_timeout, 30);
-    assert!(
-        crate::cli::Cli::try_parse_from(["regimage", "firstboot", "--dry-run", "--no-system"])
-            .is_err()
-    );
-    assert!(
-        crate::cli::Cli::try_parse_from(["regimage", "firstboot", "--health-timeout", "0"])
-            .is_err()
-    );
-    let cli = crate::cli::Cli::try_parse_from(["regimage", "firstboot"]).unwrap();
-    let crate::cli::Command::Firstboot(args) = cli.command else {
-        panic!("not firstboot");
-    };
-    assert_eq!(args.health_timeout, DEFAULT_HEALTH_TIMEOUT_SECS);
-}
-
-#[test]
 fn root_must_be_an_existing_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let args = |root: PathBuf| FirstbootArgs {
-        config: ConfigArg::default(),
-        root,
-        no_system: true,
-        dry_run: false,
-        health_timeout: 180,
-    };
+    let args = |root: PathBuf| Mode::NoSystem { root };
     let missing = dir.path().join("nope");
-    let e = run(args(missing.clone())).unwrap_err();
+    let e = run(None, args(missing.clone())).unwrap_err();
     assert!(
         e.is::<UsageError>() && e.to_string().contains("no such directory"),
         "{e}"
@@ -902,7 +849,7 @@ fn root_must_be_an_existing_directory() {
     assert!(!missing.exists());
     let file = dir.path().join("file");
     std::fs::write(&file, "x").unwrap();
-    let e = run(args(file)).unwrap_err();
+    let e = run(None, args(file)).unwrap_err();
     assert!(e.to_string().contains("not a directory"), "{e}");
 }
 

@@ -1,4 +1,4 @@
-//! `regimage build --format qcow2`: bakes the appliance into a cloud image.
+//! `regimage build qcow2`: bakes the appliance into a cloud image.
 //!
 //! Stages:
 //! 1. prepare: check the registry image archive against the pin, resolve the base (a file,
@@ -147,7 +147,7 @@ pub fn bake_with(
     let pin = config.image_ref()?;
     let archive = crate::oci_archive::inspect_pinned(&opts.archive, &pin.digest).map_err(|e| {
         match e.downcast::<crate::oci_archive::PinMismatch>() {
-            Ok(m) => anyhow::Error::new(crate::cli::UsageError(m.to_string())),
+            Ok(m) => anyhow::Error::new(crate::error::UsageError(m.to_string())),
             Err(e) => e,
         }
     })?;

@@ -1,5 +1,15 @@
-//! Command-line interface: one args struct per subcommand, each with a `run` entry.
-//! Exit status: 0 success, 1 failure, 2 bad input (arguments or config).
+//! Command-line interface: every clap type, one file per command, each args struct with a
+//! `run` that turns its flags into the domain's options and calls the domain.
+//!
+//! Exit status: 0 success, 1 failure, 2 bad input (arguments or config); the mapping is
+//! [`crate::error::exit_code_for`]. Nothing outside this module imports from it.
+
+mod build;
+mod check;
+mod fetch_image;
+mod firstboot;
+mod init;
+mod render;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -8,11 +18,14 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
+use crate::error::exit_code_for;
 
-/// Bad input that is not a config file: exit status 2, like a config error.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use build::{BuildArgs, BuildFormat, Qcow2Args, UserDataArgs};
+pub use check::CheckArgs;
+pub use fetch_image::FetchImageArgs;
+pub use firstboot::FirstbootArgs;
+pub use init::InitArgs;
+pub use render::RenderArgs;
 
 /// regimage: build a private container registry appliance from one site config.
 ///
@@ -34,24 +47,26 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a site config with every key, its default and a comment.
     Init(InitArgs),
     /// Validate a site config.
-    Check(ConfigArg),
+    Check(CheckArgs),
     /// Write the appliance's files under a directory, with a manifest.
     Render(RenderArgs),
-    /// Build a cloud-init user-data file (or a qcow2 image).
-    Build(crate::build::BuildArgs),
-    /// Save the pinned registry image as an OCI archive (for build --format qcow2).
-    FetchImage(crate::fetch_image::FetchImageArgs),
+    /// Build a cloud-init user-data file (the default) or a qcow2 image.
+    Build(BuildArgs),
+    /// Save the pinned registry image as an OCI archive (for build qcow2).
+    FetchImage(FetchImageArgs),
     /// Make the machine a ready registry (run by regimage-firstboot.service).
-    Firstboot(crate::firstboot::FirstbootArgs),
+    Firstboot(FirstbootArgs),
 }
 
 /// The site config option shared by every command.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone, Default, PartialEq, Eq)]
 pub struct ConfigArg {
     /// Site config (YAML). Without it, the built-in defaults are used.
     #[arg(short, long, value_name = "FILE")]
@@ -65,31 +80,19 @@ impl ConfigArg {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct InitArgs {
-    /// Where to write the config; `-` for standard output.
-    #[arg(short, long, value_name = "FILE", default_value = "regimage.yaml")]
-    pub output: PathBuf,
-    /// Replace the file if it exists.
-    #[arg(long)]
-    pub force: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct RenderArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    /// Directory that stands for `/` on the machine; created if missing.
-    #[arg(long, value_name = "DIR")]
-    pub root: PathBuf,
-}
-
 /// Parses `args`, runs the command and returns the process exit status.
 pub fn main_exit_code<I, T>(args: I) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args = match build::respell_format(args.into_iter().map(Into::into).collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit_code_for(&e.into());
+        }
+    };
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -108,44 +111,22 @@ where
     }
 }
 
-/// 2 for bad input (config or arguments), 1 for everything else.
-pub fn exit_code_for(e: &anyhow::Error) -> i32 {
-    if e.is::<ConfigError>() || e.is::<UsageError>() {
-        2
-    } else {
-        1
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Init(args) => args.run(),
+        Command::Check(args) => args.run(),
+        Command::Render(args) => args.run(),
+        Command::Build(args) => args.run(),
+        Command::FetchImage(args) => args.run(),
+        Command::Firstboot(args) => args.run(),
     }
 }
 
-fn run(command: Command) -> Result<()> {
-    match command {
-        Command::Init(args) => crate::init::run(&args.output, args.force),
-        Command::Check(args) => {
-            let config = args.load()?;
-            let source = args
-                .config
-                .as_ref()
-                .map_or("built-in defaults".to_string(), |p| p.display().to_string());
-            println!("{source}: valid");
-            let image = config.image_ref()?;
-            println!("registry image: {image}");
-            Ok(())
-        }
-        Command::Render(args) => {
-            let config = args.config.load()?;
-            let files = crate::render::appliance_files(&config)?;
-            crate::render::write_tree(&args.root, &files)?;
-            println!(
-                "wrote {} files and the manifest under {}",
-                files.len(),
-                args.root.display()
-            );
-            Ok(())
-        }
-        Command::Build(args) => crate::build::run(args),
-        Command::FetchImage(args) => crate::fetch_image::run(args),
-        Command::Firstboot(args) => crate::firstboot::run(args),
-    }
+#[cfg(test)]
+pub(crate) fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    let args = build::respell_format(args.iter().map(OsString::from).collect())
+        .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))?;
+    Cli::try_parse_from(args)
 }
 
 #[cfg(test)]
@@ -156,5 +137,11 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        assert_eq!(main_exit_code(["regimage", "--frobnicate"]), 2);
+        assert_eq!(main_exit_code(["regimage", "build", "--format", "xml"]), 2);
     }
 }
