@@ -12,7 +12,7 @@
 //!
 //! Two [`Mode`]s share this one builder. [`Mode::FirstBoot`] is cloud user-data: the machine
 //! installs everything and starts regimage-firstboot.service itself (`runcmd.rs`).
-//! [`Mode::Bake`] is the seed of `regimage build --format qcow2`'s throwaway VM: the same
+//! [`Mode::Bake`] is the seed of `regimage build qcow2`'s throwaway VM: the same
 //! packages, users and files, plus the binary and the registry image archive read from a
 //! second drive (cloud-init parses a seed with the binary embedded for minutes under TCG);
 //! first boot is enabled but not started, and once cloud-init has finished a transient unit
@@ -152,7 +152,7 @@ pub fn build_user_data_for(
         )),
         Mode::Bake { .. } => text.push_str(&format!(
             "# regimage {}: bake seed for {} ({}), applied in a throwaway VM by\n\
-             # `regimage build --format qcow2`; not cloud user-data. Nothing secret is in it.\n",
+             # `regimage build qcow2`; not cloud user-data. Nothing secret is in it.\n",
             env!("CARGO_PKG_VERSION"),
             info.pretty_name,
             info.id,
