@@ -360,6 +360,21 @@ impl System for RealSystem {
         Ok(status)
     }
 
+    fn ssh_ports(&self) -> Result<Option<Vec<u16>>> {
+        let Some(sshd) = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        else {
+            return Ok(None);
+        };
+        // -T: the effective configuration, drop-ins and defaults included.
+        let out = command(sshd)
+            .arg("-T")
+            .run_get_stdout()
+            .context("asking sshd for the ports it listens on")?;
+        Ok(Some(ufw::sshd_t_ports(&String::from_utf8_lossy(&out))))
+    }
+
     fn ufw_state(&self) -> Result<UfwState> {
         let conf = read_text("/etc/ufw/ufw.conf")?;
         let defaults = read_text("/etc/default/ufw")?;

@@ -672,7 +672,16 @@ pub fn registry_image(ctx: &mut Ctx<'_>) -> Result<()> {
 /// Step 6: ufw. SSH stays reachable, the pull port opens, the push port only for the
 /// configured networks, the registry port never; deny by default; enabled last.
 pub fn firewall(ctx: &mut Ctx<'_>) -> Result<()> {
-    let ssh_ports = ufw::sshd_ports(&read_sshd_configs(ctx)?);
+    let ssh_ports = match ctx.sys.ssh_ports()? {
+        Some(ports) => ports,
+        None => {
+            let port = ufw::DEFAULT_SSH_PORT;
+            ctx.note(format!(
+                "sshd is not installed; keeping its default port {port} open"
+            ));
+            vec![port]
+        }
+    };
     let cfg = ctx.config;
     let mut open: Vec<(u16, String)> = ssh_ports
         .iter()
@@ -704,25 +713,6 @@ pub fn firewall(ctx: &mut Ctx<'_>) -> Result<()> {
         ctx.change(command.describe(), move |sys| sys.ufw(&command))?;
     }
     Ok(())
-}
-
-/// sshd_config and its drop-ins (Debian and Ubuntu include sshd_config.d/*.conf).
-fn read_sshd_configs(ctx: &Ctx<'_>) -> Result<Vec<String>> {
-    let mut texts = Vec::new();
-    let dropins = ctx.path("/etc/ssh/sshd_config.d");
-    if dropins.is_dir() {
-        let mut files: Vec<PathBuf> = fs::read_dir(&dropins)
-            .with_context(|| format!("listing {}", dropins.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
-            .collect();
-        files.sort();
-        for file in files {
-            texts.extend(read_optional(&file)?);
-        }
-    }
-    texts.extend(read_optional(&ctx.path("/etc/ssh/sshd_config"))?);
-    Ok(texts)
 }
 
 /// Step 7: the registry (the service user's manager) and the proxy (the system manager)

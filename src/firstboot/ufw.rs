@@ -419,47 +419,36 @@ pub fn plan(state: &UfwState, wanted: &Wanted) -> Vec<UfwCommand> {
     commands
 }
 
-/// The TCP ports sshd listens on, from sshd_config text (the main file and its drop-ins,
-/// concatenated): `Port` lines and `ListenAddress` lines with a port. 22 when none is set.
-pub fn sshd_ports(configs: &[String]) -> Vec<u16> {
+/// sshd's port when nothing says otherwise (sshd not installed).
+pub const DEFAULT_SSH_PORT: u16 = 22;
+
+/// The TCP ports sshd listens on, from `sshd -T` (the effective configuration, drop-ins
+/// included): the `listenaddress` lines, which carry every address with its port, else the
+/// `port` lines, else 22.
+pub fn sshd_t_ports(effective: &str) -> Vec<u16> {
+    let mut listen = BTreeSet::new();
     let mut ports = BTreeSet::new();
-    for text in configs {
-        for line in text.lines() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            let mut words = line.splitn(2, |c: char| c.is_whitespace() || c == '=');
-            let key = words.next().unwrap_or_default().to_ascii_lowercase();
-            let value = words.next().unwrap_or_default().trim();
-            match key.as_str() {
-                // Port and ListenAddress are not allowed inside Match blocks.
-                "match" => break,
-                "port" => {
-                    if let Ok(port) = value.parse::<u16>() {
-                        ports.insert(port);
-                    }
-                }
-                "listenaddress" => {
-                    // host:port, [v6]:port; a bare v6 address has colons but no brackets.
-                    let port = if let Some(rest) = value.strip_prefix('[') {
-                        rest.split_once("]:").map(|(_, p)| p)
-                    } else if value.matches(':').count() == 1 {
-                        value.split_once(':').map(|(_, p)| p)
-                    } else {
-                        None
-                    };
-                    if let Some(port) = port.and_then(|p| p.split_whitespace().next()) {
-                        if let Ok(port) = port.parse::<u16>() {
-                            ports.insert(port);
-                        }
-                    }
-                }
-                _ => {}
-            }
+    for line in effective.lines() {
+        let Some((key, value)) = line.trim().split_once(' ') else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "port" => ports.extend(value.parse::<u16>().ok()),
+            // 0.0.0.0:22 or [::]:22.
+            "listenaddress" => listen.extend(
+                value
+                    .rsplit_once(':')
+                    .and_then(|(_, port)| port.parse::<u16>().ok()),
+            ),
+            _ => {}
         }
     }
-    if ports.is_empty() {
-        ports.insert(22);
+    let found = if listen.is_empty() { ports } else { listen };
+    if found.is_empty() {
+        return vec![DEFAULT_SSH_PORT];
     }
-    ports.into_iter().collect()
+    found.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -790,21 +779,15 @@ mod tests {
     }
 
     #[test]
-    fn ssh_ports_from_sshd_config() {
-        assert_eq!(sshd_ports(&[]), [22]);
-        assert_eq!(sshd_ports(&["#Port 22\nPermitRootLogin no\n".into()]), [22]);
-        assert_eq!(sshd_ports(&["Port 2222\n".into()]), [2222]);
-        assert_eq!(
-            sshd_ports(&[
-                "Include /etc/ssh/sshd_config.d/*.conf\nport=22\n".into(),
-                "ListenAddress 0.0.0.0:2200\nListenAddress [::]:2201\nListenAddress ::1\n".into()
-            ]),
-            [22, 2200, 2201]
-        );
-        assert_eq!(
-            sshd_ports(&["Match User bob\n  Port 99\n".into()]),
-            [22],
-            "Port inside Match is not a listening port"
-        );
+    fn ssh_ports_from_sshd_t() {
+        // Debian 12's sshd -T, Port 2222 in a drop-in (trimmed to the lines that matter).
+        let moved = "port 2222\naddressfamily any\nlistenaddress [::]:2222\n\
+                     listenaddress 0.0.0.0:2222\nusepam yes\n";
+        assert_eq!(sshd_t_ports(moved), [2222]);
+        // ListenAddress with its own port wins over Port: sshd binds only those.
+        let listen = "port 22\nlistenaddress 192.0.2.1:2200\nlistenaddress [2001:db8::1]:2201\n";
+        assert_eq!(sshd_t_ports(listen), [2200, 2201]);
+        assert_eq!(sshd_t_ports("port 22\nport 2022\n"), [22, 2022]);
+        assert_eq!(sshd_t_ports(""), [22]);
     }
 }
