@@ -352,6 +352,10 @@ fn clean_run_makes_a_ready_machine() {
     assert_eq!(json["steps"].as_array().unwrap().len(), 9);
     assert!(json["steps"][1]["duration_ms"].is_u64());
     assert_eq!(json["steps"][1]["result"], "changed");
+    // host-identity only looks: no empty "changes" list, and a ready run has no "error".
+    assert_eq!(json["steps"][0]["name"], "host-identity");
+    assert!(json["steps"][0].get("changes").is_none(), "{json:#}");
+    assert!(json.get("error").is_none(), "{json:#}");
     assert_eq!(json["image"]["id"], m.archive.amd64_config.as_str());
     let certs = json["certificates"].as_array().unwrap();
     assert_eq!(certs.len(), 5, "2 CAs, the server, 2 clients");
