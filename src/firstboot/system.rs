@@ -1,8 +1,9 @@
 //! The one seam between first boot and the machine: every operation on users and groups,
-//! file owners, logind, systemd, ufw, Podman and the health probes goes through [`System`].
-//! Plain files under the root directory (subuid, sshd_config, the PKI, the status file) are
-//! read and written directly. `real.rs` implements the trait on the running host (zbus,
-//! commands), `fake.rs` in memory for the unit tests, and [`ReadOnly`] guards --dry-run.
+//! file owners, logind, systemd, ufw, sshd's effective ports, Podman and the health probes
+//! goes through [`System`]. Plain files under the root directory (subuid, the PKI, the
+//! status file) are read and written directly. `real.rs` implements the trait on the
+//! running host (zbus, commands), `fake.rs` in memory for the unit tests, and [`ReadOnly`]
+//! guards --dry-run.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
