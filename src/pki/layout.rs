@@ -13,7 +13,7 @@ use crate::fsutil::{self, Ownership};
 pub const CERTS_DIR: &str = "/etc/registry/certs";
 
 pub(super) const DIR_MODE: u32 = 0o755;
-/// root:<proxy group>, so nginx reaches registry.key (the guide's root:root 0750 does not).
+/// `root:<proxy group>`, so nginx reaches registry.key (the guide's root:root 0750 does not).
 pub(super) const PRIVATE_DIR_MODE: u32 = 0o750;
 pub(super) const CERT_MODE: u32 = 0o644;
 pub(super) const KEY_MODE: u32 = 0o600;
@@ -27,7 +27,7 @@ pub struct PkiPaths {
     pub dir: PathBuf,
     /// ca/ (0755): the server CA certificate.
     pub ca_dir: PathBuf,
-    /// private/ (0750 root:<proxy group>): every private key.
+    /// private/ (0750 `root:<proxy group>`): every private key.
     pub private_dir: PathBuf,
     /// clients/ (0755): the client CA certificate and the client certificates.
     pub clients_dir: PathBuf,
@@ -37,9 +37,9 @@ pub struct PkiPaths {
     pub ca_key: PathBuf,
     /// registry.crt (0644), the server certificate (leaf only).
     pub server_cert: PathBuf,
-    /// private/registry.key (0640 root:<proxy group>).
+    /// private/registry.key (0640 `root:<proxy group>`).
     pub server_key: PathBuf,
-    /// clients/ca.crt (0640 root:<proxy group>).
+    /// clients/ca.crt (0640 `root:<proxy group>`).
     pub client_ca_cert: PathBuf,
     /// private/client-ca.key (0600).
     pub client_ca_key: PathBuf,

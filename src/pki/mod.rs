@@ -6,14 +6,15 @@
 //! parses, is signed by the current CA, matches its key, does not expire soon and (for the
 //! server) names every wanted SAN; otherwise it is made again with a new key.
 //!
-//! The layout is in [`layout`], keys in `keys`, the CAs in `ca`, leaves in `leaf` and what a
-//! run reports in [`report`]; [`ensure_pki`] here ties them together.
+//! Paths, modes and groups are in `layout`, key generation in `keys`, the CAs in `ca`,
+//! leaves in `leaf` and what a run reports in `report`; [`ensure_pki`] here ties them
+//! together, and the public names are re-exported here (`crate::pki::PkiPaths`, ...).
 
 mod ca;
 mod keys;
-pub mod layout;
+mod layout;
 mod leaf;
-pub mod report;
+mod report;
 
 use anyhow::{bail, Result};
 use rcgen::ExtendedKeyUsagePurpose;

@@ -58,7 +58,7 @@ pub struct CertReport {
     pub not_after: String,
 }
 
-/// Everything [`ensure_pki`] made or kept.
+/// Everything [`ensure_pki`](super::ensure_pki) made or kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PkiReport {
     pub files: Vec<FileReport>,
