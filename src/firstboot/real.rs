@@ -367,6 +367,15 @@ impl System for RealSystem {
         else {
             return Ok(None);
         };
+        // sshd -T refuses to run without its privilege separation directory, which only
+        // ssh.service makes (RuntimeDirectory=sshd): first boot may run before it starts, and
+        // Ubuntu's ssh.socket starts it only on a connection. A runtime directory on tmpfs,
+        // made as ssh.service makes it; no configuration changes.
+        let privsep = Path::new("/run/sshd");
+        if !privsep.is_dir() {
+            crate::fsutil::ensure_dir(privsep, 0o755)
+                .context("making sshd's privilege separation directory for sshd -T")?;
+        }
         // -T: the effective configuration, drop-ins and defaults included.
         let out = command(sshd)
             .arg("-T")

@@ -358,10 +358,12 @@ pub fn sshd_t_ports(effective: &str) -> Vec<u16> {
         let value = value.trim();
         match key {
             "port" => ports.extend(value.parse::<u16>().ok()),
-            // 0.0.0.0:22 or [::]:22.
+            // 0.0.0.0:22 or [::]:22, then maybe " rdomain NAME".
             "listenaddress" => listen.extend(
                 value
-                    .rsplit_once(':')
+                    .split_whitespace()
+                    .next()
+                    .and_then(|addr| addr.rsplit_once(':'))
                     .and_then(|(_, port)| port.parse::<u16>().ok()),
             ),
             _ => {}

@@ -337,5 +337,9 @@ fn ssh_ports_from_sshd_t() {
     let listen = "port 22\nlistenaddress 192.0.2.1:2200\nlistenaddress [2001:db8::1]:2201\n";
     assert_eq!(sshd_t_ports(listen), [2200, 2201]);
     assert_eq!(sshd_t_ports("port 22\nport 2022\n"), [22, 2022]);
+    assert_eq!(
+        sshd_t_ports("port 22\nlistenaddress 0.0.0.0:2022 rdomain vrf1\n"),
+        [2022]
+    );
     assert_eq!(sshd_t_ports(""), [22]);
 }
