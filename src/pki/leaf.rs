@@ -48,10 +48,10 @@ pub(super) fn ensure_leaf(
     config: &Config,
     algorithm: KeyAlgorithm,
     now: OffsetDateTime,
-    renew_before: Duration,
+    reissue_within: Duration,
     report: &mut PkiReport,
 ) -> Result<()> {
-    let (action, reason) = match check_leaf(spec, ca, now, renew_before)? {
+    let (action, reason) = match check_leaf(spec, ca, now, reissue_within)? {
         LeafCheck::Valid => {
             set_mode(spec.key, spec.key_mode, spec.key_group)?;
             set_mode(spec.cert, CERT_MODE, None)?;
@@ -118,7 +118,7 @@ pub(super) fn check_leaf(
     spec: &LeafSpec<'_>,
     ca: &LoadedCa,
     now: OffsetDateTime,
-    renew_before: Duration,
+    reissue_within: Duration,
 ) -> Result<LeafCheck> {
     let Some(cert_pem) = read_optional(spec.cert)? else {
         return Ok(LeafCheck::Missing);
@@ -146,7 +146,7 @@ pub(super) fn check_leaf(
         ));
     }
     let not_after = x509.validity().not_after.to_datetime();
-    if not_after - now < renew_before {
+    if not_after - now < reissue_within {
         return invalid(format!("it expires on {}", rfc3339(not_after)));
     }
     match KeyPair::from_pem(&key_pem) {

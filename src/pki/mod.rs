@@ -117,7 +117,7 @@ pub fn ensure_pki(
 
     let server_issuer = server_ca.issuer()?;
     let client_issuer = client_ca.issuer()?;
-    let renew_before = Duration::days(
+    let reissue_within = Duration::days(
         REISSUE_ON_RERUN_WITHIN_DAYS.min(i64::from(config.pki.leaf_validity_days) / 3),
     );
 
@@ -137,7 +137,7 @@ pub fn ensure_pki(
         config,
         algorithm,
         now,
-        renew_before,
+        reissue_within,
         &mut report,
     )?;
     for client in &config.clients {
@@ -157,7 +157,7 @@ pub fn ensure_pki(
             config,
             algorithm,
             now,
-            renew_before,
+            reissue_within,
             &mut report,
         )?;
     }
