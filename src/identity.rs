@@ -4,7 +4,6 @@
 //! Gathering ([`HostFacts::gather`]) only reads the system and never fails: a name that cannot
 //! be found is left out. Merging ([`server_sans`]) is pure, so it is tested with made-up facts.
 
-use std::ffi::{CStr, CString};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -47,25 +46,14 @@ impl HostFacts {
         };
         let fqdn = hostname.as_deref().and_then(find_fqdn);
         let addresses = match nix::ifaddrs::getifaddrs() {
-            Ok(ifaddrs) => {
-                let mut found = Vec::new();
-                for ifaddr in ifaddrs {
-                    let Some(address) = ifaddr.address else {
-                        continue;
-                    };
-                    let ip = if let Some(v4) = address.as_sockaddr_in() {
-                        IpAddr::V4(v4.ip())
-                    } else if let Some(v6) = address.as_sockaddr_in6() {
-                        IpAddr::V6(v6.ip())
-                    } else {
-                        continue;
-                    };
-                    if is_usable_address(&ip) && !found.contains(&ip) {
-                        found.push(ip);
-                    }
+            Ok(ifaddrs) => usable_addresses(ifaddrs.filter_map(|ifaddr| {
+                let address = ifaddr.address?;
+                if let Some(v4) = address.as_sockaddr_in() {
+                    Some(IpAddr::V4(v4.ip()))
+                } else {
+                    address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
                 }
-                found
-            }
+            })),
             Err(e) => {
                 tracing::warn!("listing the interface addresses: {e}");
                 Vec::new()
@@ -79,6 +67,17 @@ impl HostFacts {
         tracing::debug!(?facts, "host facts");
         facts
     }
+}
+
+/// The addresses a client could reach, in interface order, each once.
+fn usable_addresses(ips: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let mut found = Vec::new();
+    for ip in ips {
+        if is_usable_address(&ip) && !found.contains(&ip) {
+            found.push(ip);
+        }
+    }
+    found
 }
 
 /// Whether a client could reach this machine at `ip` (not loopback, link-local, multicast,
@@ -135,26 +134,18 @@ fn is_fqdn_of(name: &str, hostname: &str) -> bool {
 /// The resolver's canonical name for `hostname` (getaddrinfo with AI_CANONNAME, what
 /// `hostname -f` does), when it is a dotted name for this host.
 fn canonical_name(hostname: &str) -> Option<String> {
-    use nix::libc;
-    let node = CString::new(hostname).ok()?;
-    // SAFETY: zeroed addrinfo is a valid "no hints" value; we set the two fields we need.
-    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
-    hints.ai_flags = libc::AI_CANONNAME;
-    hints.ai_family = libc::AF_UNSPEC;
-    let mut result: *mut libc::addrinfo = std::ptr::null_mut();
-    // SAFETY: node and hints outlive the call; result is freed below with freeaddrinfo.
-    let rc = unsafe { libc::getaddrinfo(node.as_ptr(), std::ptr::null(), &hints, &mut result) };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: result is a valid list from getaddrinfo; ai_canonname is NUL-terminated or null.
-    let name = unsafe {
-        let canon = (*result).ai_canonname;
-        let name = (!canon.is_null()).then(|| CStr::from_ptr(canon).to_string_lossy().into_owned());
-        libc::freeaddrinfo(result);
-        name
+    let hints = dns_lookup::AddrInfoHints {
+        flags: nix::libc::AI_CANONNAME,
+        ..dns_lookup::AddrInfoHints::default()
     };
-    name.and_then(|n| usable_name(&n))
+    // glibc puts the canonical name on the first entry only.
+    let first = dns_lookup::getaddrinfo(Some(hostname), None, Some(hints))
+        .ok()?
+        .next()?
+        .ok()?;
+    first
+        .canonname
+        .and_then(|n| usable_name(&n))
         .filter(|n| is_fqdn_of(n, hostname))
 }
 
@@ -270,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn usable_addresses() {
+    fn reachable_address_kinds() {
         for good in ["192.0.2.1", "10.1.2.3", "2001:db8::1", "fd00::2"] {
             assert!(is_usable_address(&good.parse().unwrap()), "{good}");
         }
@@ -319,11 +310,28 @@ mod tests {
     }
 
     #[test]
-    fn gather_never_fails_and_keeps_only_usable_addresses() {
-        let facts = HostFacts::gather();
-        assert!(facts.addresses.iter().all(is_usable_address), "{facts:?}");
-        if let Some(fqdn) = &facts.fqdn {
-            assert!(fqdn.contains('.'), "{facts:?}");
-        }
+    fn interface_addresses_keep_reachable_ones_once_in_order() {
+        let ips = [
+            "127.0.0.1",
+            "192.0.2.10",
+            "::1",
+            "fe80::5054:ff:fe12:3456",
+            "2001:db8::10",
+            "192.0.2.10",
+            "10.0.0.2",
+        ]
+        .map(|ip| ip.parse::<IpAddr>().unwrap());
+        let kept: Vec<String> = usable_addresses(ips)
+            .iter()
+            .map(IpAddr::to_string)
+            .collect();
+        assert_eq!(kept, ["192.0.2.10", "2001:db8::10", "10.0.0.2"]);
+    }
+
+    #[test]
+    fn resolver_name_must_be_a_dotted_name_of_the_host() {
+        // /etc/hosts answers "localhost" as its own canonical name: not an FQDN.
+        assert_eq!(canonical_name("localhost"), None);
+        assert_eq!(canonical_name("bad\0name"), None);
     }
 }

@@ -78,6 +78,8 @@ pub struct FakeSystem {
     pub registry_broken: Cell<bool>,
     /// nginx never answers, to test the health step.
     pub proxy_broken: Cell<bool>,
+    /// What `sshd -T` would say sshd listens on; `None`: sshd is not installed.
+    pub ssh_ports: RefCell<Option<Vec<u16>>>,
     /// The proxy's start job stays queued (an ordering cycle with the first-boot unit).
     pub proxy_job_held: Cell<bool>,
     pub migrations: Cell<u32>,
@@ -101,6 +103,7 @@ impl FakeSystem {
             crash_at: Cell::new(None),
             registry_broken: Cell::new(false),
             proxy_broken: Cell::new(false),
+            ssh_ports: RefCell::new(Some(vec![22])),
             proxy_job_held: Cell::new(false),
             migrations: Cell::new(0),
             clock: Cell::new(Duration::ZERO),
@@ -279,6 +282,11 @@ impl System for FakeSystem {
     fn ufw_state(&self) -> Result<UfwState> {
         self.look("ufw_state".into());
         Ok(self.state.borrow().ufw.clone())
+    }
+
+    fn ssh_ports(&self) -> Result<Option<Vec<u16>>> {
+        self.look("ssh_ports".into());
+        Ok(self.ssh_ports.borrow().clone())
     }
 
     fn podman_images(&self, user: &PodmanUser) -> Result<Vec<PodmanImage>> {

@@ -360,6 +360,30 @@ impl System for RealSystem {
         Ok(status)
     }
 
+    fn ssh_ports(&self) -> Result<Option<Vec<u16>>> {
+        let Some(sshd) = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        else {
+            return Ok(None);
+        };
+        // sshd -T refuses to run without its privilege separation directory, which only
+        // ssh.service makes (RuntimeDirectory=sshd): first boot may run before it starts, and
+        // Ubuntu's ssh.socket starts it only on a connection. A runtime directory on tmpfs,
+        // made as ssh.service makes it; no configuration changes.
+        let privsep = Path::new("/run/sshd");
+        if !privsep.is_dir() {
+            crate::fsutil::ensure_dir(privsep, 0o755)
+                .context("making sshd's privilege separation directory for sshd -T")?;
+        }
+        // -T: the effective configuration, drop-ins and defaults included.
+        let out = command(sshd)
+            .arg("-T")
+            .run_get_stdout()
+            .context("asking sshd for the ports it listens on")?;
+        Ok(Some(ufw::sshd_t_ports(&String::from_utf8_lossy(&out))))
+    }
+
     fn ufw_state(&self) -> Result<UfwState> {
         let conf = read_text("/etc/ufw/ufw.conf")?;
         let defaults = read_text("/etc/default/ufw")?;

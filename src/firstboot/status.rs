@@ -101,33 +101,3 @@ impl Status {
         Ok(bytes)
     }
 }
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may panic; see STYLE.md
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_shape() {
-        let status = Status {
-            ready: true,
-            version: "0.1.0".into(),
-            steps: vec![StepStatus {
-                name: "firewall".into(),
-                duration_ms: 12,
-                result: StepResult::Unchanged,
-                changes: vec![],
-                notes: vec![],
-                error: None,
-            }],
-            ..Status::default()
-        };
-        let v: serde_json::Value = serde_json::from_slice(&status.to_json().unwrap()).unwrap();
-        assert_eq!(v["ready"], true);
-        assert_eq!(v["steps"][0]["result"], "unchanged");
-        assert_eq!(v["steps"][0]["duration_ms"], 12);
-        assert!(v["steps"][0].get("changes").is_none());
-        assert!(v.get("error").is_none() && v.get("image").is_none());
-        assert!(v["endpoints"]["pull"].is_string());
-    }
-}

@@ -1,8 +1,9 @@
 //! The one seam between first boot and the machine: every operation on users and groups,
-//! file owners, logind, systemd, ufw, Podman and the health probes goes through [`System`].
-//! Plain files under the root directory (subuid, sshd_config, the PKI, the status file) are
-//! read and written directly. `real.rs` implements the trait on the running host (zbus,
-//! commands), `fake.rs` in memory for the unit tests, and [`ReadOnly`] guards --dry-run.
+//! file owners, logind, systemd, ufw, sshd's effective ports, Podman and the health probes
+//! goes through [`System`]. Plain files under the root directory (subuid, the PKI, the
+//! status file) are read and written directly. `real.rs` implements the trait on the
+//! running host (zbus, commands), `fake.rs` in memory for the unit tests, and [`ReadOnly`]
+//! guards --dry-run.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -134,6 +135,8 @@ pub trait System {
     fn unit_status(&self, manager: Manager, unit: &str) -> Result<UnitStatus>;
     /// ufw's settings and rules as stored on disk.
     fn ufw_state(&self) -> Result<UfwState>;
+    /// The ports sshd listens on, as `sshd -T` says; `None` when sshd is not installed.
+    fn ssh_ports(&self) -> Result<Option<Vec<u16>>>;
     /// The images in the user's rootless storage.
     fn podman_images(&self, user: &PodmanUser) -> Result<Vec<PodmanImage>>;
     /// Sends one GET; the HTTP status, or an error saying why there was none.
@@ -189,6 +192,9 @@ impl System for ReadOnly<'_> {
     }
     fn ufw_state(&self) -> Result<UfwState> {
         self.0.ufw_state()
+    }
+    fn ssh_ports(&self) -> Result<Option<Vec<u16>>> {
+        self.0.ssh_ports()
     }
     fn podman_images(&self, user: &PodmanUser) -> Result<Vec<PodmanImage>> {
         self.0.podman_images(user)
@@ -283,6 +289,9 @@ mod tests {
             }
             fn ufw_state(&self) -> Result<UfwState> {
                 Ok(UfwState::default())
+            }
+            fn ssh_ports(&self) -> Result<Option<Vec<u16>>> {
+                Ok(None)
             }
             fn podman_images(&self, _: &PodmanUser) -> Result<Vec<PodmanImage>> {
                 Ok(vec![])

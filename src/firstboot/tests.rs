@@ -109,22 +109,13 @@ fn opts() -> Options {
     }
 }
 
-/// A machine as the image leaves it: sshd on port 2222, the units installed (the fake's
-/// managers know them), and, with `with_archive`, the baked registry image.
+/// A machine as the image leaves it: sshd on port 2222 (as the fake's `sshd -T` says), the
+/// units installed (the fake's managers know them), and, with `with_archive`, the baked
+/// registry image.
 fn machine(with_archive: bool) -> Machine {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    std::fs::create_dir_all(root.join("etc/ssh/sshd_config.d")).unwrap();
-    std::fs::write(
-        root.join("etc/ssh/sshd_config"),
-        "Include /etc/ssh/sshd_config.d/*.conf\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/ssh/sshd_config.d/50-port.conf"),
-        "Port 2222\n",
-    )
-    .unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
     let archive = test_archive();
     if with_archive {
         let state = root.join("var/lib/regimage");
@@ -151,6 +142,7 @@ fn machine(with_archive: bool) -> Machine {
         ..Config::default()
     };
     let fake = FakeSystem::new(root);
+    *fake.ssh_ports.borrow_mut() = Some(vec![2222]);
     *fake.load_yields.borrow_mut() = archive
         .amd64_config
         .trim_start_matches("sha256:")
@@ -360,6 +352,10 @@ fn clean_run_makes_a_ready_machine() {
     assert_eq!(json["steps"].as_array().unwrap().len(), 9);
     assert!(json["steps"][1]["duration_ms"].is_u64());
     assert_eq!(json["steps"][1]["result"], "changed");
+    // host-identity only looks: no empty "changes" list, and a ready run has no "error".
+    assert_eq!(json["steps"][0]["name"], "host-identity");
+    assert!(json["steps"][0].get("changes").is_none(), "{json:#}");
+    assert!(json.get("error").is_none(), "{json:#}");
     assert_eq!(json["image"]["id"], m.archive.amd64_config.as_str());
     let certs = json["certificates"].as_array().unwrap();
     assert_eq!(certs.len(), 5, "2 CAs, the server, 2 clients");
@@ -880,4 +876,28 @@ fn no_system_writes_pki_and_bundles_under_root() {
         .collect();
     top.sort();
     assert_eq!(top, ["etc", "var"]);
+}
+
+#[test]
+fn without_sshd_the_firewall_keeps_port_22_open_and_says_so() {
+    let m = machine(true);
+    *m.fake.ssh_ports.borrow_mut() = None;
+    let status = m.run().unwrap();
+    assert!(status.ready, "{status:#?}");
+    assert!(m
+        .fake
+        .state
+        .borrow()
+        .ufw
+        .rules
+        .iter()
+        .any(|r| r.opens_port(22)));
+    let firewall = status.steps.iter().find(|s| s.name == "firewall").unwrap();
+    assert!(
+        firewall
+            .notes
+            .iter()
+            .any(|n| n.contains("sshd is not installed")),
+        "{firewall:#?}"
+    );
 }
