@@ -1,0 +1,117 @@
+//! A machine that already has users, ids, rules or no sshd.
+
+#![allow(clippy::unwrap_used)] // tests may panic; see STYLE.md
+
+use super::*;
+
+#[test]
+fn existing_subordinate_ids_and_users_are_respected() {
+    let m = machine(true);
+    for file in ["etc/subuid", "etc/subgid"] {
+        std::fs::write(m.root().join(file), "ubuntu:100000:65536\nother:200000:10").unwrap();
+    }
+    // cloud-init made both users already.
+    {
+        let mut state = m.fake.state.borrow_mut();
+        for (name, id) in [("registry", 990), ("registry-proxy", 991)] {
+            state.users.insert(
+                name.into(),
+                UserInfo {
+                    name: name.into(),
+                    uid: id,
+                    gid: id,
+                    home: "/nonexistent".into(),
+                    shell: "/usr/sbin/nologin".into(),
+                },
+            );
+            state.groups.insert(name.into(), id);
+        }
+    }
+    m.run().unwrap();
+    assert!(!m.mutations().iter().any(|c| c.starts_with("create_")));
+    for file in ["etc/subuid", "etc/subgid"] {
+        assert_eq!(
+            std::fs::read_to_string(m.root().join(file)).unwrap(),
+            "ubuntu:100000:65536\nother:200000:10\nregistry:200010:65536\n"
+        );
+    }
+    assert_eq!(
+        m.fake.state.borrow().owners[Path::new("var/lib/registry-podman")],
+        (990, 990)
+    );
+    m.run().unwrap();
+    let subuid = std::fs::read_to_string(m.root().join("etc/subuid")).unwrap();
+    assert_eq!(subuid.matches("registry:").count(), 1, "{subuid}");
+}
+
+#[test]
+fn wrong_firewall_rules_are_removed_and_none_duplicated() {
+    let m = machine(true);
+    {
+        let mut state = m.fake.state.borrow_mut();
+        let ufw = &mut state.ufw;
+        for (port, from) in [(4443, None), (5000, None), (2222, None)] {
+            ufw.rules.extend(
+                UfwCommand::Allow {
+                    port,
+                    from,
+                    comment: "by hand".into(),
+                }
+                .stored_rules(true),
+            );
+        }
+        ufw.enabled = true;
+        ufw.default_input = "ACCEPT".into();
+    }
+    m.run().unwrap();
+    let ufw_calls: Vec<String> = m
+        .mutations()
+        .into_iter()
+        .filter(|c| c.starts_with("ufw"))
+        .collect();
+    assert!(
+        ufw_calls.contains(&"ufw delete allow in proto tcp from any to any port 4443".to_string())
+    );
+    assert!(
+        ufw_calls.contains(&"ufw delete allow in proto tcp from any to any port 5000".to_string())
+    );
+    assert!(ufw_calls.contains(&"ufw default deny incoming".to_string()));
+    assert!(
+        !ufw_calls.iter().any(|c| c.contains("port 2222")),
+        "kept: {ufw_calls:#?}"
+    );
+    assert!(!ufw_calls.contains(&"ufw --force enable".to_string()));
+    let state = m.fake.state.borrow();
+    let mut seen = std::collections::BTreeSet::new();
+    for rule in &state.ufw.rules {
+        let mut key = rule.clone();
+        key.comment = None;
+        assert!(seen.insert(key), "duplicate {rule:?}");
+    }
+    assert!(!state.ufw.rules.iter().any(|r| r.opens_port(5000)));
+    assert_eq!(state.ufw.default_input, "DROP");
+}
+
+#[test]
+fn without_sshd_the_firewall_keeps_port_22_open_and_says_so() {
+    let m = machine(true);
+    *m.fake.ssh_ports.borrow_mut() = None;
+    let status = m.run().unwrap();
+    assert!(status.ready, "{status:#?}");
+    assert!(m
+        .fake
+        .state
+        .borrow()
+        .ufw
+        .rules
+        .iter()
+        .any(|r| r.opens_port(22)));
+    let firewall = status.steps.iter().find(|s| s.name == "firewall").unwrap();
+    assert!(
+        firewall
+            .notes
+            .iter()
+            .any(|n| n.contains("sshd is not installed")),
+        "{firewall:#?}"
+    );
+}
