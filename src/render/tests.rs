@@ -1,0 +1,319 @@
+//! The rendered file set: what each file must say for any config.
+
+#![allow(clippy::unwrap_used)] // tests may panic; see STYLE.md
+
+use super::*;
+
+fn text(files: &[FileEntry], path: &str) -> String {
+    let file = files
+        .iter()
+        .find(|f| f.path == Path::new(path))
+        .unwrap_or_else(|| panic!("{path} not rendered"));
+    String::from_utf8(file.contents.clone()).unwrap()
+}
+
+/// The text without comment lines, so assertions look at directives only.
+fn directives(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn custom() -> Config {
+    Config::parse(
+        "service-user: ci-reg\nproxy-user: web-proxy\nports: {pull: 8443, push: 9443, registry: 5123}\n\
+         registry: {storage-dir: /srv/images, memory-max: 2G, cpu-quota: 150%, \
+         image: 'quay.io/acme/registry@sha256:1111111111111111111111111111111111111111111111111111111111111111'}\n\
+         proxy: {pull-rate: 7, pull-burst: 13, push-rate: 3, push-burst: 4, max-body-size: 512m}\n",
+        "custom",
+    )
+    .unwrap()
+}
+
+#[test]
+fn mirror_drop_in_only_when_configured() {
+    let files = appliance_files(&Config::default()).unwrap();
+    assert!(!files.iter().any(|f| f.path == Path::new(MIRROR_CONF_PATH)));
+    let mut config = Config::default();
+    config.registry.mirror = Some("10.0.2.2:5000".into());
+    config.registry.mirror_insecure = true;
+    let files = appliance_files(&config).unwrap();
+    let conf = files
+        .iter()
+        .find(|f| f.path == Path::new(MIRROR_CONF_PATH))
+        .expect("mirror drop-in");
+    let text = String::from_utf8(conf.contents.clone()).unwrap();
+    assert!(
+        text.contains("prefix = \"docker.io/library/registry\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("location = \"10.0.2.2:5000/library/registry\"\ninsecure = true"),
+        "{text}"
+    );
+    config.registry.mirror = Some("m.example.com/mirrors/registry".into());
+    config.registry.mirror_insecure = false;
+    let text = String::from_utf8(
+        mirror_conf(
+            "docker.io/library/registry",
+            "m.example.com/mirrors/registry",
+            false,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("location = \"m.example.com/mirrors/registry\"\ninsecure = false"),
+        "{text}"
+    );
+}
+
+#[test]
+fn file_set_is_complete_sorted_and_root_owned() {
+    let files = appliance_files(&Config::default()).unwrap();
+    let paths: Vec<_> = files.iter().map(|f| f.path.to_str().unwrap()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort();
+    assert_eq!(paths, sorted);
+    for want in [
+        INSTALLED_CONFIG_PATH,
+        NGINX_CONF_PATH,
+        REGISTRY_UNIT_PATH,
+        PROXY_UNIT_PATH,
+        FIRSTBOOT_UNIT_PATH,
+        POLICY_PATH,
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {paths:?}");
+    }
+    assert_eq!(files.len(), 6);
+    for f in &files {
+        assert_eq!(
+            (f.mode, f.owner.as_str(), f.group.as_str()),
+            (0o644, "root", "root")
+        );
+    }
+}
+
+#[test]
+fn installed_config_reads_back_as_the_same_config() {
+    let config = custom();
+    let files = appliance_files(&config).unwrap();
+    let back = Config::parse(&text(&files, INSTALLED_CONFIG_PATH), "installed").unwrap();
+    assert_eq!(back, config);
+}
+
+#[test]
+fn nginx_follows_the_config() {
+    let files = appliance_files(&custom()).unwrap();
+    let conf = directives(&text(&files, NGINX_CONF_PATH));
+    for want in [
+        "listen 8443 ssl;",
+        "listen [::]:8443 ssl;",
+        "listen 9443 ssl;",
+        "server 127.0.0.1:5123;",
+        "rate=7r/s",
+        "rate=3r/s",
+        "zone=regimage_pull burst=13 nodelay;",
+        "zone=regimage_push burst=4;",
+        "client_max_body_size 512m;",
+        "proxy_set_header Host $http_host;",
+        "push to port 9443",
+    ] {
+        assert!(conf.contains(want), "{want:?} missing:\n{conf}");
+    }
+    assert!(!conf.contains("$host;"), "{conf}");
+    assert!(!conf.contains("http2"), "{conf}");
+    assert!(!conf.contains("{{") && !conf.contains("{%"), "{conf}");
+    // mTLS only on the push server: exactly one verify line.
+    assert_eq!(conf.matches("ssl_verify_client on;").count(), 1);
+    assert_eq!(conf.matches("if ($regimage_write_method)").count(), 1);
+    let push_server = &conf[conf.find("listen 9443 ssl;").unwrap()..];
+    assert!(push_server.contains("ssl_verify_client on;"));
+    assert!(!push_server.contains("$regimage_write_method)"));
+}
+
+#[test]
+fn registry_unit_follows_the_config() {
+    let files = appliance_files(&custom()).unwrap();
+    let unit = directives(&text(&files, REGISTRY_UNIT_PATH));
+    for want in [
+        "ConditionUser=ci-reg\n",
+        "--publish 127.0.0.1:5123:5000 \\\n",
+        "--volume /srv/images:/var/lib/registry:Z \\\n",
+        "MemoryMax=2G\n",
+        "CPUQuota=150%\n",
+        "--env REGISTRY_STORAGE_DELETE_ENABLED=false \\\n",
+        "--env REGISTRY_HTTP_SECRET \\\n",
+        "    localhost/regimage/registry:pinned\n",
+        "--root=/var/lib/registry-podman/root --runroot=%t/podman-run",
+    ] {
+        assert!(unit.contains(want), "{want:?} missing:\n{unit}");
+    }
+    assert!(!unit.contains("REGISTRY_HTTP_HOST"));
+    assert!(!unit.contains("network-online"));
+    // Every continued line is followed by another argument, the last one ends it.
+    let exec: Vec<&str> = unit
+        .lines()
+        .skip_while(|l| !l.starts_with("ExecStart="))
+        .take_while(|l| !l.starts_with("ExecStop="))
+        .collect();
+    assert!(
+        exec.last().unwrap().trim() == REGISTRY_IMAGE_TAG,
+        "{exec:?}"
+    );
+    assert!(
+        exec[..exec.len() - 1].iter().all(|l| l.ends_with(" \\")),
+        "{exec:?}"
+    );
+}
+
+/// A unit's `Key=value` directives, continuation lines joined and blanks folded, so the
+/// checks below hold whatever the template's layout.
+fn unit_directives(text: &str) -> Vec<String> {
+    directives(text)
+        .replace("\\\n", " ")
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The arguments of the registry unit's `podman run`.
+fn podman_run_args(unit: &str) -> Vec<String> {
+    let exec = unit_directives(unit)
+        .into_iter()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart");
+    exec.split(' ').map(str::to_string).collect()
+}
+
+#[test]
+fn registry_is_reachable_on_loopback_only_and_never_in_debug() {
+    for config in [Config::default(), custom()] {
+        let files = appliance_files(&config).unwrap();
+        let port = config.ports.registry.to_string();
+        let args = podman_run_args(&text(&files, REGISTRY_UNIT_PATH));
+        let published: Vec<_> = args
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| *a == "--publish" || *a == "-p" || a.starts_with("--publish="))
+            .map(|(i, _)| args[i + 1].as_str())
+            .collect();
+        assert_eq!(published, [format!("127.0.0.1:{port}:5000")], "{args:?}");
+        // Every mention of the registry port, in every file but the config, is loopback
+        // (checked where the port differs from the container's own :5000).
+        let distinct = config.ports.registry != REGISTRY_CONTAINER_PORT;
+        for f in files
+            .iter()
+            .filter(|f| f.path != Path::new(INSTALLED_CONFIG_PATH))
+        {
+            let text = String::from_utf8_lossy(&f.contents);
+            let needle = format!(":{port}");
+            let mentions = text.match_indices(&needle).filter(|_| distinct);
+            for (at, _) in mentions {
+                assert!(
+                    text[..at].ends_with("127.0.0.1"),
+                    "{}: port {port} not on 127.0.0.1 at {}",
+                    f.path.display(),
+                    &text[at.saturating_sub(40)..at + port.len() + 1]
+                );
+            }
+            for banned in [
+                "REGISTRY_HTTP_HOST",
+                "REGISTRY_HTTP_DEBUG",
+                ":5001",
+                "DELETE_ENABLED=true",
+            ] {
+                assert!(!text.contains(banned), "{}: {banned}", f.path.display());
+            }
+        }
+        assert!(args.contains(&"--pull=never".to_string()), "{args:?}");
+        assert_eq!(args.last().map(String::as_str), Some(REGISTRY_IMAGE_TAG));
+    }
+}
+
+#[test]
+fn unit_ordering_has_no_cycle_with_cloud_init_and_no_deadlock_with_first_boot() {
+    for config in [Config::default(), custom()] {
+        let files = appliance_files(&config).unwrap();
+        let units: Vec<(&str, Vec<String>)> =
+            [REGISTRY_UNIT_PATH, PROXY_UNIT_PATH, FIRSTBOOT_UNIT_PATH]
+                .into_iter()
+                .map(|p| (p, unit_directives(&text(&files, p))))
+                .collect();
+        let deps = ["After=", "Before=", "Wants=", "Requires=", "BindsTo="];
+        for (path, lines) in &units {
+            for line in lines
+                .iter()
+                .filter(|l| deps.iter().any(|d| l.starts_with(d)))
+            {
+                // cloud-final is WantedBy multi-user.target: ordering against it is a cycle.
+                assert!(!line.contains("cloud-"), "{path}: {line}");
+                // First boot waits for the proxy to answer: ordering the two deadlocks.
+                if *path != REGISTRY_UNIT_PATH {
+                    assert!(
+                        !line.contains("regimage-firstboot") && !line.contains("registry-proxy"),
+                        "{path}: {line}"
+                    );
+                }
+            }
+        }
+        let [(_, registry), (_, proxy), (_, firstboot)] = &units[..] else {
+            unreachable!()
+        };
+        assert!(!registry.iter().any(|l| l.contains("network-online")));
+        assert!(registry.contains(&format!("ConditionUser={}", config.service_user)));
+        assert!(proxy.contains(&format!("User={}", config.proxy_user)));
+        assert!(proxy.contains(&format!("Group={}", config.proxy_user)));
+        // Instead of ordering, the proxy cannot start before its certificate exists.
+        assert!(proxy.contains(&"ConditionPathExists=/etc/registry/certs/registry.crt".to_string()));
+        assert!(firstboot.contains(&format!("ConditionPathExists=!{FIRSTBOOT_DONE_PATH}")));
+        assert!(firstboot.contains(&format!(
+            "ExecStart={} firstboot -c {INSTALLED_CONFIG_PATH}",
+            crate::cloudinit::BINARY_PATH
+        )));
+    }
+}
+
+#[test]
+fn policy_allows_only_the_image_repository_and_archives() {
+    let files = appliance_files(&custom()).unwrap();
+    let policy: serde_json::Value = serde_json::from_str(&text(&files, POLICY_PATH)).unwrap();
+    assert_eq!(policy["default"][0]["type"], "reject");
+    let docker = policy["transports"]["docker"].as_object().unwrap();
+    assert_eq!(docker.keys().collect::<Vec<_>>(), ["quay.io/acme/registry"]);
+    for t in ["oci-archive", "docker-archive"] {
+        assert_eq!(
+            policy["transports"][t][""][0]["type"], "insecureAcceptAnything",
+            "{t}"
+        );
+    }
+    assert_eq!(policy["transports"].as_object().unwrap().len(), 3);
+}
+
+#[test]
+fn manifest_refuses_bad_sets() {
+    let f = |p: &str| root_file(p, b"x".to_vec());
+    assert!(manifest_file(&[f("/etc/a"), f("/etc/a")]).is_err());
+    assert!(manifest_file(&[f("etc/a")]).is_err());
+    assert!(manifest_file(&[f("/etc/../a")]).is_err());
+    assert!(manifest_file(&[f(MANIFEST_PATH)]).is_err());
+    let m = manifest_file(&[f("/b"), f("/a")]).unwrap();
+    let doc: Manifest = serde_json::from_slice(&m.contents).unwrap();
+    assert_eq!(doc.files[0].path, "/a");
+    assert_eq!(doc.files[0].mode, "0644");
+    assert_eq!(
+        doc.files[0].sha256,
+        "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+    );
+}
+
+#[test]
+fn write_tree_refuses_a_file_as_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain");
+    fs::write(&file, "x").unwrap();
+    let e = write_tree(&file, &[]).unwrap_err();
+    assert!(e.to_string().contains("not a directory"), "{e:#}");
+}
