@@ -67,7 +67,8 @@ pub struct BuildArgs {
     /// `regimage fetch-image`); refused unless its manifest digest is the pin.
     #[arg(long, value_name = "ARCHIVE")]
     pub registry_archive: Option<PathBuf>,
-    /// qcow2: how QEMU runs the bake VM [default: auto]
+    /// qcow2: how QEMU runs the bake VM [default: auto]. Environment: REGIMAGE_QEMU_SYSTEM
+    /// (the QEMU to run), REGIMAGE_KVM_DEVICE (the device auto probes, else /dev/kvm).
     #[arg(long, value_enum)]
     pub accel: Option<Accel>,
     /// qcow2: memory of the bake VM in MiB [default: 2048]
