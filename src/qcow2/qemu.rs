@@ -99,9 +99,10 @@ pub fn plan(accel: Accel) -> (Vec<AccelKind>, Option<String>) {
 
 /// Finds the executable `name` on PATH, or says which package brings it.
 pub fn find_tool(name: &str, package: &str) -> Result<PathBuf> {
-    which::which(name).map_err(|e| {
+    // which also refuses a file that is there but not executable, as a shell would.
+    which::which(name).map_err(|_| {
         anyhow::anyhow!(
-            "{name} is not installed ({e}); install the package {package} \
+            "{name} is not installed (not found on PATH); install the package {package} \
              (Debian/Ubuntu: apt-get install {package})"
         )
     })
