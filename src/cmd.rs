@@ -1,12 +1,15 @@
-//! Running external commands (ufw, podman, systemctl, curl, useradd) in one way: stdin is
-//! /dev/null, stdout is captured, stderr goes to a temporary file whose last 1024 bytes end
-//! up in the error, next to the full command line and its exit status (bootc's
-//! `CommandRunExt` shape). A oneshot under systemd must never wait on a terminal, and an
-//! error has to say which command failed and why without a second look.
+//! Running external commands (ufw, podman, systemctl, curl, useradd, qemu-img, skopeo...)
+//! in one way: stdin is /dev/null, stdout is captured, stderr goes to a temporary file
+//! whose last 1024 bytes end up in the error, next to the full command line and its exit
+//! status (bootc's `CommandRunExt` shape). The command line is logged at debug level; a
+//! [`Task`] also logs a human description at info (bootc's `Task`). A oneshot under
+//! systemd must never wait on a terminal, and an error has to say which command failed and
+//! why without a second look.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -81,10 +84,149 @@ fn checked(cmd: &mut Command, stdin: Stdio) -> Result<Vec<u8>> {
     if out.status.success() {
         return Ok(out.stdout);
     }
-    if out.stderr_tail.is_empty() {
-        anyhow::bail!("{cmd:?} failed with {}", out.status)
+    Err(failure(cmd, out.status, &out.stderr_tail))
+}
+
+/// The error of a command that exited non-zero: its command line, status and stderr's tail.
+fn failure(cmd: &Command, status: ExitStatus, stderr_tail: &str) -> anyhow::Error {
+    if stderr_tail.is_empty() {
+        anyhow::anyhow!("{cmd:?} failed with {status}")
+    } else {
+        anyhow::anyhow!("{cmd:?} failed with {status}: {stderr_tail}")
     }
-    anyhow::bail!("{cmd:?} failed with {}: {}", out.status, out.stderr_tail)
+}
+
+/// A command with a description for people (bootc's `Task`): "Converting the image" at
+/// info level, then the command line at debug, then [`CommandRunExt`]'s handling.
+#[derive(Debug)]
+pub struct Task {
+    description: String,
+    cmd: Command,
+}
+
+impl Task {
+    pub fn new(description: impl Into<String>, program: impl AsRef<OsStr>) -> Task {
+        Task {
+            description: description.into(),
+            cmd: Command::new(program),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Task {
+        self.cmd.arg(arg);
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Task
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    /// The command as it will run (for tests and messages).
+    pub fn command(&self) -> &Command {
+        &self.cmd
+    }
+
+    fn announce(&self) {
+        tracing::info!("{}", self.description);
+    }
+
+    /// See [`CommandRunExt::run`].
+    pub fn run(mut self) -> Result<()> {
+        self.announce();
+        self.cmd.run()
+    }
+
+    /// See [`CommandRunExt::run_get_stdout`].
+    pub fn run_get_stdout(mut self) -> Result<Vec<u8>> {
+        self.announce();
+        self.cmd.run_get_stdout()
+    }
+
+    /// Starts the command for a caller that watches it (and may stop it) while it runs:
+    /// stdin and stdout are /dev/null, stderr goes to a temporary file as for `run`.
+    pub fn start(mut self) -> Result<Running> {
+        self.announce();
+        tracing::debug!("running {:?}", self.cmd);
+        let stderr = tempfile::tempfile().context("creating a temporary file for stderr")?;
+        let stderr_for_child = stderr
+            .try_clone()
+            .context("duplicating the stderr file descriptor")?;
+        let child = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr_for_child))
+            .spawn()
+            .with_context(|| format!("starting {:?}", self.cmd))?;
+        Ok(Running {
+            cmd: self.cmd,
+            child: Some(child),
+            stderr,
+        })
+    }
+
+    /// Logs like the other ways of running and hands back the command, stdin /dev/null,
+    /// for a child whose output the caller routes itself (the bake VM: its console is a
+    /// file the bake reads while QEMU runs).
+    pub fn into_command(mut self) -> Command {
+        self.announce();
+        tracing::debug!("starting {:?}", self.cmd);
+        self.cmd.stdin(Stdio::null());
+        self.cmd
+    }
+}
+
+/// A command started by [`Task::start`]; killed and reaped if dropped while it runs.
+#[derive(Debug)]
+pub struct Running {
+    cmd: Command,
+    child: Option<Child>,
+    stderr: File,
+}
+
+impl Running {
+    /// `Ok(false)` while it runs, `Ok(true)` once it exited 0, else the error of
+    /// [`CommandRunExt::run`] (command line, status, stderr's tail).
+    pub fn try_finish(&mut self) -> Result<bool> {
+        let Some(child) = self.child.as_mut() else {
+            anyhow::bail!("{:?} was stopped", self.cmd)
+        };
+        let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("checking on {:?}", self.cmd))?
+        else {
+            return Ok(false);
+        };
+        self.child = None;
+        if status.success() {
+            return Ok(true);
+        }
+        let tail = read_tail(&mut self.stderr).context("reading the command's stderr")?;
+        Err(failure(&self.cmd, status, &tail))
+    }
+
+    /// Kills the command and reaps it (a no-op once it has ended).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Err(e) = child.kill() {
+                tracing::debug!("killing {:?}: {e}", self.cmd);
+            }
+            if let Err(e) = child.wait() {
+                tracing::warn!("reaping {:?}: {e}", self.cmd);
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn spawn(cmd: &mut Command, stdin: Stdio) -> Result<CmdOutput> {
@@ -121,6 +263,7 @@ fn read_tail(file: &mut File) -> std::io::Result<String> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::Path;
 
     fn sh(script: &str) -> Command {
         let mut cmd = Command::new("sh");
@@ -202,5 +345,97 @@ mod tests {
             .run_unchecked()
             .unwrap_err();
         assert!(format!("{e:#}").contains("starting"), "{e:#}");
+    }
+
+    #[test]
+    fn tasks_run_like_commands() {
+        let out = Task::new("Saying hello", "sh")
+            .args(["-c", "echo hello"])
+            .run_get_stdout()
+            .unwrap();
+        assert_eq!(out, b"hello\n");
+        let e = Task::new("Failing", "sh")
+            .args(["-c", "echo why 1>&2; exit 5"])
+            .run()
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("failed with exit status: 5: why"), "{e}");
+    }
+
+    /// Everything logged while `f` runs, at debug level and up.
+    fn logged(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn tasks_log_the_description_at_info_and_the_command_line_at_debug() {
+        let log = logged(|| {
+            Task::new("Converting the image", "sh")
+                .args(["-c", "true"])
+                .run()
+                .unwrap()
+        });
+        let info = log.lines().find(|l| l.contains("INFO")).unwrap_or("");
+        assert!(info.ends_with("Converting the image"), "{log}");
+        let debug = log.lines().find(|l| l.contains("DEBUG")).unwrap_or("");
+        assert!(debug.contains(r#"running "sh" "-c" "true""#), "{log}");
+    }
+
+    #[test]
+    fn started_tasks_report_success_failure_and_stop_when_dropped() {
+        let mut ok = Task::new("Waiting", "sh")
+            .args(["-c", "sleep 0.2"])
+            .start()
+            .unwrap();
+        let mut fail = Task::new("Failing", "sh")
+            .args(["-c", "echo broken 1>&2; exit 2"])
+            .start()
+            .unwrap();
+        let wait = |r: &mut Running| loop {
+            match r.try_finish() {
+                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                other => return other,
+            }
+        };
+        assert!(wait(&mut ok).unwrap());
+        let e = wait(&mut fail).unwrap_err().to_string();
+        assert!(e.ends_with("failed with exit status: 2: broken"), "{e}");
+        // A dropped task's process is killed and reaped: its pid is gone.
+        let slow = Task::new("Sleeping", "sleep").arg("30").start().unwrap();
+        let pid = slow.child.as_ref().unwrap().id();
+        drop(slow);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        let mut stopped = Task::new("Sleeping", "sleep").arg("30").start().unwrap();
+        stopped.kill();
+        assert!(stopped.try_finish().is_err());
+    }
+
+    #[test]
+    fn commands_handed_out_read_nothing_from_stdin() {
+        let mut cmd = Task::new("Reading stdin", "cat").into_command();
+        let out = cmd.stdout(Stdio::piped()).output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"");
     }
 }

@@ -96,7 +96,8 @@ pub struct Qcow2Args {
     /// `regimage fetch-image`); refused unless its manifest digest is the pin.
     #[arg(long, value_name = "ARCHIVE", required = true)]
     pub registry_archive: PathBuf,
-    /// How QEMU runs the bake VM.
+    /// How QEMU runs the bake VM. Environment: REGIMAGE_QEMU_SYSTEM (the QEMU to run),
+    /// REGIMAGE_KVM_DEVICE (the device auto probes, else /dev/kvm).
     #[arg(long, value_enum, default_value_t = Accel::default())]
     pub accel: Accel,
     /// Memory of the bake VM in MiB.

@@ -9,6 +9,9 @@ use super::ConfigArg;
 use crate::fetch_image::Options;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Environment: REGIMAGE_SKOPEO is the skopeo to run instead of the one on PATH."
+)]
 pub struct FetchImageArgs {
     #[command(flatten)]
     pub config: ConfigArg,

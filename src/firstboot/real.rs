@@ -1,28 +1,27 @@
-//! [`System`] on the running host: users through the passwd database and useradd,
-//! logind and systemd over D-Bus (zbus, blocking), ufw, Podman and curl as commands.
+//! [`System`] on the running host: users through the passwd database and useradd, logind
+//! and systemd through `loginctl` and `systemctl`, ufw, Podman and curl as commands, every
+//! one through [`crate::cmd`].
 //!
-//! Reaching the service user's systemd manager as root: `systemctl --user -M UID@`, which
-//! runs systemd-stdio-bridge as that user in a transient unit and talks to the user's bus
-//! through it (no `su`, no XDG_RUNTIME_DIR games). Measured in a Debian 13 guest (systemd
-//! 257), the two direct ways fail: zbus on the manager's private socket
-//! /run/user/UID/systemd/private panics, because systemd marks every message on a private
-//! connection with the sender `org.freedesktop.systemd1` (sd_bus_set_sender), which zbus 5
-//! rejects as "Invalid unique name" inside its executor thread; and `systemctl --user` as
-//! root with the user's XDG_RUNTIME_DIR refuses ("Operation not permitted (consider using
-//! --machine=<user>@.host --user ...)"). The system manager stays on D-Bus (zbus).
+//! One way to talk to systemd, for both kinds of manager: systemctl. The system manager is
+//! plain `systemctl`; a service user's manager, reached as root, is `systemctl --user -M
+//! UID@`, which runs systemd-stdio-bridge as that user in a transient unit and talks to the
+//! user's bus through it (no `su`, no XDG_RUNTIME_DIR games). Measured in a Debian 13 guest
+//! (systemd 257), the two direct ways to the user manager fail: zbus on the manager's
+//! private socket /run/user/UID/systemd/private panics, because systemd marks every message
+//! on a private connection with the sender `org.freedesktop.systemd1` (sd_bus_set_sender),
+//! which zbus 5 rejects as "Invalid unique name" inside its executor thread; and `systemctl
+//! --user` as root with the user's XDG_RUNTIME_DIR refuses ("Operation not permitted
+//! (consider using --machine=<user>@.host --user ...)"). The system manager and logind were
+//! on D-Bus (zbus) before issue 8; the same calls through systemctl and loginctl (`show`,
+//! `start --no-block` = StartUnit mode `replace`, `enable` = EnableUnitFiles and Reload,
+//! `enable-linger` = SetUserLinger) left zbus with no use.
 
-use std::cell::RefCell;
-#[cfg(test)]
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use zbus::blocking::Connection;
-use zbus::proxy::CacheProperties;
-use zbus::zvariant::OwnedObjectPath;
 
 use super::system::{
     Manager, NewUser, PodmanImage, PodmanUser, Probe, System, UnitStatus, UserInfo,
@@ -32,69 +31,15 @@ use crate::cmd::CommandRunExt;
 use crate::identity::HostFacts;
 use crate::render;
 
-/// logind's manager object; only the call first boot makes.
-#[zbus::proxy(
-    interface = "org.freedesktop.login1.Manager",
-    default_service = "org.freedesktop.login1",
-    default_path = "/org/freedesktop/login1",
-    gen_async = false,
-    blocking_name = "LoginManagerProxy"
-)]
-trait LoginManager {
-    fn set_user_linger(&self, uid: u32, enable: bool, interactive: bool) -> zbus::Result<()>;
-}
-
-/// One change EnableUnitFiles made: (type, symlink, destination).
-type UnitFileChange = (String, String, String);
-
-/// systemd's manager object (system or user); only the calls first boot makes.
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Manager",
-    default_service = "org.freedesktop.systemd1",
-    default_path = "/org/freedesktop/systemd1",
-    gen_async = false,
-    blocking_name = "SystemdManagerProxy"
-)]
-trait SystemdManager {
-    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-    fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
-    fn enable_unit_files(
-        &self,
-        files: &[&str],
-        runtime: bool,
-        force: bool,
-    ) -> zbus::Result<(bool, Vec<UnitFileChange>)>;
-    fn reload(&self) -> zbus::Result<()>;
-}
-
-/// One unit object; properties are read fresh on every call (no caching, no signals).
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Unit",
-    default_service = "org.freedesktop.systemd1",
-    gen_async = false,
-    blocking_name = "SystemdUnitProxy"
-)]
-trait SystemdUnit {
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn load_state(&self) -> zbus::Result<String>;
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn active_state(&self) -> zbus::Result<String>;
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn sub_state(&self) -> zbus::Result<String>;
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn job(&self) -> zbus::Result<(u32, OwnedObjectPath)>;
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn need_daemon_reload(&self) -> zbus::Result<bool>;
-}
-
 /// PATH for the commands first boot runs (a oneshot's environment is minimal).
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where logind keeps one file per lingering user (what `loginctl enable-linger` makes).
+const LINGER_DIR: &str = "/var/lib/systemd/linger";
 
 /// The running host.
 pub struct RealSystem {
     started: Instant,
-    system_bus: RefCell<Option<Connection>>,
 }
 
 impl Default for RealSystem {
@@ -107,31 +52,24 @@ impl RealSystem {
     pub fn new() -> RealSystem {
         RealSystem {
             started: Instant::now(),
-            system_bus: RefCell::new(None),
         }
-    }
-
-    fn system_bus(&self) -> Result<Connection> {
-        if let Some(conn) = self.system_bus.borrow().as_ref() {
-            return Ok(conn.clone());
-        }
-        let conn = Connection::system().context("connecting to the D-Bus system bus")?;
-        *self.system_bus.borrow_mut() = Some(conn.clone());
-        Ok(conn)
     }
 }
 
-/// `systemctl --user` for the user manager of `uid`, reached through `-M UID@` (see the
-/// module docs for why not the private socket).
-fn user_systemctl(uid: u32) -> Command {
+/// `systemctl` talking to `manager`: the system manager as is, a user manager through
+/// `--user -M UID@` (see the module docs for why not its private socket).
+fn systemctl(manager: Manager) -> Command {
     let mut cmd = command("systemctl");
-    cmd.args(["--user", "-M", &format!("{uid}@"), "--no-ask-password"]);
+    if let Manager::User(uid) = manager {
+        cmd.args(["--user", "-M", &format!("{uid}@")]);
+    }
+    cmd.arg("--no-ask-password");
     cmd
 }
 
-/// The properties first boot reads of a unit in the user manager of `uid`.
-fn user_unit_properties(uid: u32, unit: &str) -> Result<Vec<(String, String)>> {
-    let out = user_systemctl(uid)
+/// The properties first boot reads of `unit` in `manager`.
+fn unit_properties(manager: Manager, unit: &str) -> Result<Vec<(String, String)>> {
+    let out = systemctl(manager)
         .args([
             "show",
             "-p",
@@ -143,11 +81,12 @@ fn user_unit_properties(uid: u32, unit: &str) -> Result<Vec<(String, String)>> {
         ])
         .args(["-p", "Job", "-p", "NeedDaemonReload", unit])
         .run_get_stdout()
-        .with_context(|| format!("reading the state of {unit} in the user manager of uid {uid}"))?;
+        .with_context(|| format!("reading the state of {unit} in {manager}"))?;
     Ok(parse_properties(&String::from_utf8_lossy(&out)))
 }
 
-/// `systemctl show` output: one `Key=value` per line.
+/// `systemctl show` output: one `Key=value` per line (not `--value`, whose order is the
+/// unit's, not the order of the `-p` options).
 fn parse_properties(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|l| l.split_once('='))
@@ -162,110 +101,43 @@ fn property<'a>(props: &'a [(String, String)], key: &str) -> &'a str {
         .map_or("", |(_, v)| v.as_str())
 }
 
-fn user_unit_status(uid: u32, unit: &str) -> Result<UnitStatus> {
-    let props = user_unit_properties(uid, unit)?;
-    let load_state = property(&props, "LoadState");
+/// The unit's state from `systemctl show` output; `unit_file_state` is read apart.
+fn status_from_properties(
+    props: &[(String, String)],
+    manager: Manager,
+    unit: &str,
+) -> Result<UnitStatus> {
+    let load_state = property(props, "LoadState");
     if load_state.is_empty() {
-        anyhow::bail!(
-            "systemctl show printed no LoadState for {unit} in the user manager of uid {uid}"
-        );
+        anyhow::bail!("systemctl show printed no LoadState for {unit} in {manager}");
     }
     Ok(UnitStatus {
         load_state: load_state.to_string(),
-        active_state: property(&props, "ActiveState").to_string(),
-        sub_state: property(&props, "SubState").to_string(),
-        // Set by the caller (enabled globally, see enable_unit).
+        active_state: property(props, "ActiveState").to_string(),
+        sub_state: property(props, "SubState").to_string(),
         unit_file_state: "unknown".into(),
-        // `Job=` is empty without a queued job, else the job's id.
-        job_pending: !property(&props, "Job").is_empty(),
+        // `Job=` is empty (or left out) without a queued job, else the job's id.
+        job_pending: !matches!(property(props, "Job"), "" | "0"),
     })
 }
 
-fn user_start_unit(uid: u32, unit: &str) -> Result<()> {
-    // Unit files written after the manager loaded them (cloud-init) need a reload first.
-    if property(&user_unit_properties(uid, unit)?, "NeedDaemonReload") == "yes" {
-        user_systemctl(uid)
-            .arg("daemon-reload")
-            .run()
-            .with_context(|| format!("reloading the user manager of uid {uid} for {unit}"))?;
-    }
-    // --no-block: queue the start job and return, as StartUnit does.
-    user_systemctl(uid)
-        .args(["start", "--no-block", unit])
-        .run()
-        .with_context(|| format!("starting {unit} in the user manager of uid {uid}"))
-}
-
-/// A peer-to-peer connection to a systemd manager's private socket (no bus: no Hello).
-/// Only the tests use it now (a zbus server stands in for systemd there).
-#[cfg(test)]
-fn connect_private(socket: &Path) -> Result<Connection> {
-    let stream = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    zbus::blocking::connection::Builder::async_io_unix_stream(stream)
-        .p2p()
-        .build()
-        .with_context(|| format!("opening a D-Bus connection on {}", socket.display()))
-}
-
-fn manager_proxy(conn: &Connection, manager: Manager) -> Result<SystemdManagerProxy<'static>> {
-    SystemdManagerProxy::builder(conn)
-        .cache_properties(CacheProperties::No)
-        .build()
-        .with_context(|| format!("creating a proxy for {manager}"))
-}
-
-fn unit_proxy(
-    conn: &Connection,
-    manager: Manager,
-    unit: &str,
-) -> Result<SystemdUnitProxy<'static>> {
-    let path = manager_proxy(conn, manager)?
-        .load_unit(unit)
-        .with_context(|| format!("loading {unit} in {manager}"))?;
-    SystemdUnitProxy::builder(conn)
-        .path(path)
-        .context("using the unit's object path")?
-        .cache_properties(CacheProperties::No)
-        .build()
-        .with_context(|| format!("creating a proxy for {unit}"))
-}
-
-fn unit_status_on(conn: &Connection, manager: Manager, unit: &str) -> Result<UnitStatus> {
-    let proxy = unit_proxy(conn, manager, unit)?;
-    let read = |what: &str, r: zbus::Result<String>| {
-        r.with_context(|| format!("reading {what} of {unit} from {manager}"))
+/// `systemctl is-enabled`: in the system manager, or for user managers the way
+/// enable_unit enables there (globally, /etc/systemd/user). It exits non-zero for
+/// `disabled` and prints nothing for a unit without a unit file: `unknown` then.
+fn unit_file_state(manager: Manager, unit: &str) -> Result<String> {
+    let mut cmd = match manager {
+        Manager::System => systemctl(Manager::System),
+        Manager::User(_) => {
+            let mut cmd = command("systemctl");
+            cmd.arg("--global");
+            cmd
+        }
     };
-    let unit_file_state = manager_proxy(conn, manager)?
-        .get_unit_file_state(unit)
-        // Instances such as user@1000.service have no unit file of their own.
-        .unwrap_or_else(|_| "unknown".into());
-    Ok(UnitStatus {
-        load_state: read("LoadState", proxy.load_state())?,
-        active_state: read("ActiveState", proxy.active_state())?,
-        sub_state: read("SubState", proxy.sub_state())?,
-        unit_file_state,
-        job_pending: proxy
-            .job()
-            .with_context(|| format!("reading Job of {unit} from {manager}"))?
-            .0
-            != 0,
+    let out = cmd.args(["is-enabled", unit]).run_unchecked()?;
+    Ok(match out.stdout_text() {
+        text if text.is_empty() => "unknown".into(),
+        text => text,
     })
-}
-
-fn start_unit_on(conn: &Connection, manager: Manager, unit: &str) -> Result<()> {
-    let mgr = manager_proxy(conn, manager)?;
-    // Unit files written after the manager loaded them (cloud-init) need a reload first.
-    if unit_proxy(conn, manager, unit)?
-        .need_daemon_reload()
-        .unwrap_or(false)
-    {
-        mgr.reload()
-            .with_context(|| format!("reloading {manager} for {unit}"))?;
-    }
-    mgr.start_unit(unit, "replace")
-        .with_context(|| format!("starting {unit} in {manager}"))?;
-    Ok(())
 }
 
 /// A podman command for `user`: run as that user, with the global options and environment
@@ -296,6 +168,16 @@ fn command(program: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.env("PATH", PATH).env("LC_ALL", "C");
     cmd
+}
+
+/// Whether logind's linger directory `dir` holds a file for `user`.
+fn lingers(dir: &Path, user: &str) -> Result<bool> {
+    let path = dir.join(user);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
+    }
 }
 
 fn read_text(path: &str) -> Result<String> {
@@ -333,30 +215,12 @@ impl System for RealSystem {
     }
 
     fn linger_enabled(&self, user: &str) -> Result<bool> {
-        // logind keeps one file per lingering user; it is what `loginctl enable-linger` makes.
-        let path = Path::new("/var/lib/systemd/linger").join(user);
-        match std::fs::symlink_metadata(&path) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
-        }
+        lingers(Path::new(LINGER_DIR), user)
     }
 
     fn unit_status(&self, manager: Manager, unit: &str) -> Result<UnitStatus> {
-        let mut status = match manager {
-            Manager::System => unit_status_on(&self.system_bus()?, manager, unit)?,
-            Manager::User(uid) => user_unit_status(uid, unit)?,
-        };
-        if let Manager::User(_) = manager {
-            // Enabled the way enable_unit enables it: globally, in /etc/systemd/user.
-            let out = command("systemctl")
-                .args(["--global", "is-enabled", unit])
-                .run_unchecked()?;
-            status.unit_file_state = match out.stdout_text() {
-                text if text.is_empty() => "unknown".into(),
-                text => text,
-            };
-        }
+        let mut status = status_from_properties(&unit_properties(manager, unit)?, manager, unit)?;
+        status.unit_file_state = unit_file_state(manager, unit)?;
         Ok(status)
     }
 
@@ -480,30 +344,34 @@ impl System for RealSystem {
     }
 
     fn enable_linger(&self, uid: u32) -> Result<()> {
-        let conn = self.system_bus()?;
-        LoginManagerProxy::new(&conn)
-            .context("creating a proxy for logind")?
-            .set_user_linger(uid, true, false)
+        command("loginctl")
+            .args(["--no-ask-password", "enable-linger", &uid.to_string()])
+            .run()
             .with_context(|| format!("enabling lingering for uid {uid} through logind"))
     }
 
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()> {
-        match manager {
-            Manager::System => start_unit_on(&self.system_bus()?, manager, unit),
-            Manager::User(uid) => user_start_unit(uid, unit),
+        // Unit files written after the manager loaded them (cloud-init) need a reload first.
+        if property(&unit_properties(manager, unit)?, "NeedDaemonReload") == "yes" {
+            systemctl(manager)
+                .arg("daemon-reload")
+                .run()
+                .with_context(|| format!("reloading {manager} for {unit}"))?;
         }
+        // --no-block: queue the start job (mode replace) and return; callers wait themselves.
+        systemctl(manager)
+            .args(["start", "--no-block", unit])
+            .run()
+            .with_context(|| format!("starting {unit} in {manager}"))
     }
 
     fn enable_unit(&self, manager: Manager, unit: &str) -> Result<()> {
         match manager {
-            Manager::System => {
-                let mgr = manager_proxy(&self.system_bus()?, manager)?;
-                mgr.enable_unit_files(&[unit], false, false)
-                    .with_context(|| format!("enabling {unit}"))?;
-                // What `systemctl enable` does after linking: make the manager see it.
-                mgr.reload()
-                    .with_context(|| format!("reloading {manager} after enabling {unit}"))
-            }
+            // `enable` links the unit and reloads the manager so it sees the link.
+            Manager::System => systemctl(manager)
+                .args(["enable", unit])
+                .run()
+                .with_context(|| format!("enabling {unit}")),
             // Enabling in the user manager would link into the user's ~/.config; --global
             // links into /etc/systemd/user, and ConditionUser= keeps other users out.
             Manager::User(_) => command("systemctl")
@@ -598,11 +466,29 @@ mod tests {
     }
 
     #[test]
-    fn linger_is_read_from_logind_files() {
-        // A user that surely does not linger here.
-        assert!(!RealSystem::new()
-            .linger_enabled("regimage-no-such-user")
-            .unwrap());
+    fn linger_is_a_file_per_user() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("registry"), "").unwrap();
+        assert!(lingers(dir.path(), "registry").unwrap());
+        assert!(!lingers(dir.path(), "other").unwrap());
+        // A directory that cannot be read is an error, not "does not linger".
+        let file = dir.path().join("registry");
+        let e = lingers(&file, "x").unwrap_err();
+        assert!(format!("{e:#}").contains("inspecting"), "{e:#}");
+    }
+
+    #[test]
+    fn systemctl_reaches_each_manager() {
+        let args = |cmd: Command| -> Vec<String> {
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(args(systemctl(Manager::System)), ["--no-ask-password"]);
+        assert_eq!(
+            args(systemctl(Manager::User(998))),
+            ["--user", "-M", "998@", "--no-ask-password"]
+        );
     }
 
     #[test]
@@ -613,120 +499,36 @@ mod tests {
         assert_eq!(sys.lookup_user("root").unwrap().unwrap().uid, 0);
     }
 
-    /// Stands in for systemd's manager and one unit on a private (peer-to-peer) socket.
-    struct Manager1 {
-        started: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    }
-
-    #[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
-    impl Manager1 {
-        fn load_unit(&self, name: &str) -> OwnedObjectPath {
-            assert_eq!(name, "registry.service");
-            OwnedObjectPath::try_from("/org/freedesktop/systemd1/unit/registry_2eservice").unwrap()
-        }
-        fn get_unit_file_state(&self, _file: &str) -> String {
-            "enabled".into()
-        }
-        fn start_unit(&self, name: &str, mode: &str) -> OwnedObjectPath {
-            self.started.lock().unwrap().push(format!("{name} {mode}"));
-            OwnedObjectPath::try_from("/org/freedesktop/systemd1/job/7").unwrap()
-        }
-        fn reload(&self) {}
-    }
-
-    struct Unit1;
-
-    #[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
-    impl Unit1 {
-        #[zbus(property)]
-        fn load_state(&self) -> String {
-            "loaded".into()
-        }
-        #[zbus(property)]
-        fn active_state(&self) -> String {
-            "activating".into()
-        }
-        #[zbus(property)]
-        fn sub_state(&self) -> String {
-            "start".into()
-        }
-        #[zbus(property)]
-        fn job(&self) -> (u32, OwnedObjectPath) {
-            (
-                7,
-                OwnedObjectPath::try_from("/org/freedesktop/systemd1/job/7").unwrap(),
-            )
-        }
-        #[zbus(property)]
-        fn need_daemon_reload(&self) -> bool {
-            false
-        }
-    }
-
     #[test]
-    fn proxies_work_over_a_private_peer_to_peer_socket() {
-        // What root does with /run/user/UID/systemd/private: a UNIX socket, no bus, no
-        // Hello; the messages still name org.freedesktop.systemd1 as systemctl's do.
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("private");
-        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-        let started = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let server_started = started.clone();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let server = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let conn = zbus::blocking::connection::Builder::async_io_unix_stream(stream)
-                .server(zbus::Guid::generate())
-                .unwrap()
-                .p2p()
-                .serve_at(
-                    "/org/freedesktop/systemd1",
-                    Manager1 {
-                        started: server_started,
-                    },
-                )
-                .unwrap()
-                .serve_at("/org/freedesktop/systemd1/unit/registry_2eservice", Unit1)
-                .unwrap()
-                .build()
-                .unwrap();
-            // Keep serving until the client is done.
-            done_rx.recv().unwrap();
-            drop(conn);
-        });
-        let conn = connect_private(&socket).unwrap();
-        let manager = Manager::User(998);
-        let status = unit_status_on(&conn, manager, "registry.service").unwrap();
-        assert_eq!(
-            status,
-            UnitStatus {
-                load_state: "loaded".into(),
-                active_state: "activating".into(),
-                sub_state: "start".into(),
-                unit_file_state: "enabled".into(),
-                job_pending: true,
-            }
-        );
-        start_unit_on(&conn, manager, "registry.service").unwrap();
-        assert_eq!(*started.lock().unwrap(), ["registry.service replace"]);
-        drop(conn);
-        done_tx.send(()).unwrap();
-        server.join().unwrap();
-    }
-
-    #[test]
-    fn user_unit_properties_parse() {
+    fn unit_status_from_systemctl_show() {
+        let manager = Manager::User(989);
         // `systemctl --user -M 989@ show -p ...` in a Debian 13 guest: no job queued.
         let idle = parse_properties(
             "LoadState=loaded\nActiveState=inactive\nSubState=dead\nJob=\nNeedDaemonReload=no\n",
         );
-        assert_eq!(property(&idle, "LoadState"), "loaded");
-        assert_eq!(property(&idle, "ActiveState"), "inactive");
-        assert_eq!(property(&idle, "Job"), "");
-        assert_eq!(property(&idle, "Missing"), "");
+        let status = status_from_properties(&idle, manager, "registry.service").unwrap();
+        assert_eq!(
+            status,
+            UnitStatus {
+                load_state: "loaded".into(),
+                active_state: "inactive".into(),
+                sub_state: "dead".into(),
+                unit_file_state: "unknown".into(),
+                job_pending: false,
+            }
+        );
+        assert!(!status.is_up());
+        assert_eq!(property(&idle, "NeedDaemonReload"), "no");
+        // A queued start job shows its id; an empty Job= may also be left out.
         let starting = parse_properties("LoadState=loaded\nActiveState=activating\nJob=42\n");
-        assert_eq!(property(&starting, "Job"), "42");
-        assert_eq!(property(&starting, "ActiveState"), "activating");
+        let status = status_from_properties(&starting, manager, "registry.service").unwrap();
+        assert!(status.job_pending && status.is_up());
+        let no_job = parse_properties("LoadState=not-found\nActiveState=inactive\n");
+        let status = status_from_properties(&no_job, Manager::System, "x.service").unwrap();
+        assert!(!status.job_pending);
+        assert_eq!(status.load_state, "not-found");
+        let e = status_from_properties(&[], Manager::System, "x.service").unwrap_err();
+        assert!(e.to_string().contains("no LoadState for x.service"), "{e}");
     }
 
     #[test]

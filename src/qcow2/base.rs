@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use super::progress::{format_size, Progress};
 use crate::distro::CloudImage;
 
-/// Test seam and mirror override: the directory URL of the Ubuntu 24.04 image and its
+/// A mirror (README, "Environment"; the tests' local server): the directory URL of the Ubuntu 24.04 image and its
 /// SHA256SUMS (the hidden `--base-url` flag wins over it).
 pub const UBUNTU_BASE_URL_ENV: &str = "REGIMAGE_UBUNTU_BASE_URL";
 /// The checksum file is small; anything larger is not one.

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,11 +20,12 @@ use serde::Deserialize;
 use super::progress::Progress;
 use super::serial::{Observed, SerialWatch};
 use crate::cloudinit::PAYLOAD_DRIVE_SERIAL;
-use crate::cmd::CommandRunExt as _;
+use crate::cmd::Task;
 
-/// Test seam: the `qemu-system-x86_64` to run (a script that plays the VM in tests).
+/// The `qemu-system-x86_64` to run instead of the one on PATH (README, "Environment"; a
+/// script that plays the VM in the tests).
 pub const QEMU_SYSTEM_ENV: &str = "REGIMAGE_QEMU_SYSTEM";
-/// Test seam: the KVM device that `--accel auto` probes.
+/// The KVM device that `--accel auto` probes instead of /dev/kvm (README, "Environment").
 pub const KVM_DEVICE_ENV: &str = "REGIMAGE_KVM_DEVICE";
 const KVM_DEVICE: &str = "/dev/kvm";
 /// How often the VM, its console and the signals are looked at.
@@ -96,26 +97,15 @@ pub fn plan(accel: Accel) -> (Vec<AccelKind>, Option<String>) {
     }
 }
 
-/// Finds `name` on PATH, or says which package brings it.
+/// Finds the executable `name` on PATH, or says which package brings it.
 pub fn find_tool(name: &str, package: &str) -> Result<PathBuf> {
-    let candidate = Path::new(name);
-    if candidate.components().count() > 1 {
-        if candidate.is_file() {
-            return Ok(candidate.to_path_buf());
-        }
-        bail!("{name} does not exist");
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let full = dir.join(name);
-        if full.is_file() {
-            return Ok(full);
-        }
-    }
-    bail!(
-        "{name} is not installed (not found on PATH); install the package {package} \
-         (Debian/Ubuntu: apt-get install {package})"
-    )
+    // which also refuses a file that is there but not executable, as a shell would.
+    which::which(name).map_err(|_| {
+        anyhow::anyhow!(
+            "{name} is not installed (not found on PATH); install the package {package} \
+             (Debian/Ubuntu: apt-get install {package})"
+        )
+    })
 }
 
 /// The `qemu-system-x86_64` to run.
@@ -152,7 +142,7 @@ pub fn parse_image_info(json: &[u8]) -> Result<ImageInfo> {
 
 /// Inspects an image (format probed by qemu-img).
 pub fn image_info(qemu_img: &Path, image: &Path) -> Result<ImageInfo> {
-    let out = Command::new(qemu_img)
+    let out = Task::new(format!("Inspecting {}", image.display()), qemu_img)
         .args(["info", "--output=json"])
         .arg(image)
         .run_get_stdout()
@@ -195,13 +185,16 @@ pub fn create_overlay(
             base.display()
         );
     }
-    Command::new(qemu_img)
-        .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
-        .arg(base)
-        .arg(overlay)
-        .arg(size.to_string())
-        .run()
-        .with_context(|| format!("creating the overlay {}", overlay.display()))
+    Task::new(
+        format!("Creating the overlay {}", overlay.display()),
+        qemu_img,
+    )
+    .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
+    .arg(base)
+    .arg(overlay)
+    .arg(size.to_string())
+    .run()
+    .with_context(|| format!("creating the overlay {}", overlay.display()))
 }
 
 /// Everything a bake VM needs.
@@ -380,13 +373,12 @@ pub fn run_vm(
     let log_err = log
         .try_clone()
         .with_context(|| format!("duplicating {}", spec.qemu_log.display()))?;
-    let mut cmd = Command::new(qemu);
-    cmd.args(vm_args(spec, accel))
-        .stdin(Stdio::null())
+    // A long-running child whose console the loop below reads: spawned here, not by cmd.rs.
+    let child = Task::new(format!("Starting the bake VM under {}", accel.name()), qemu)
+        .args(vm_args(spec, accel))
+        .into_command()
         .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err));
-    tracing::debug!("starting {cmd:?}");
-    let child = cmd
+        .stderr(Stdio::from(log_err))
         .spawn()
         .with_context(|| format!("starting {}", qemu.display()))?;
     let mut vm = VmGuard { child: Some(child) };
@@ -477,34 +469,21 @@ pub fn convert_compressed(
     interrupted: &Arc<AtomicBool>,
     progress: &mut Progress,
 ) -> Result<()> {
-    let mut stderr = tempfile::tempfile().context("creating a temporary file for stderr")?;
-    let stderr_child = stderr
-        .try_clone()
-        .context("duplicating the stderr file descriptor")?;
-    let mut cmd = Command::new(qemu_img);
-    cmd.args(["convert", "-c", "-O", "qcow2"])
-        .arg(src)
-        .arg(dst)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr_child));
-    let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
-    let mut guard = VmGuard { child: Some(child) };
+    let mut running = Task::new(
+        format!("Converting the image to {}", dst.display()),
+        qemu_img,
+    )
+    .args(["convert", "-c", "-O", "qcow2"])
+    .arg(src)
+    .arg(dst)
+    .start()?;
     loop {
         if interrupted.load(Ordering::SeqCst) {
-            guard.kill();
+            running.kill();
             return Err(super::Interrupted.into());
         }
-        if let Some(status) = guard.try_wait()? {
-            guard.child = None;
-            if status.success() {
-                return Ok(());
-            }
-            let mut text = String::new();
-            use std::io::{Seek as _, SeekFrom};
-            let _ = stderr.seek(SeekFrom::Start(0));
-            let _ = stderr.read_to_string(&mut text);
-            bail!("{cmd:?} failed with {status}: {}", text.trim());
+        if running.try_finish()? {
+            return Ok(());
         }
         progress.tick(None);
         std::thread::sleep(POLL);
@@ -601,5 +580,10 @@ mod tests {
             e.to_string().contains("apt-get install some-package"),
             "{e}"
         );
+        // A file that is there but cannot be run is not the tool.
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("tool");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        assert!(find_tool(plain.to_str().unwrap(), "p").is_err());
     }
 }

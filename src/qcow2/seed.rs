@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::cloudinit::DriveExtent;
-use crate::cmd::CommandRunExt as _;
+use crate::cmd::Task;
 
 /// Sector size of the payload drive.
 const SECTOR: u64 = 512;
@@ -50,7 +50,7 @@ pub fn make_seed_iso(
     fs::write(&ud, user_data).with_context(|| format!("writing {}", ud.display()))?;
     fs::write(&md, meta_data).with_context(|| format!("writing {}", md.display()))?;
     let iso = dir.join("seed.iso");
-    std::process::Command::new(genisoimage)
+    Task::new("Making the seed image", genisoimage)
         .args(["-quiet", "-output"])
         .arg(&iso)
         .args(["-volid", "cidata", "-joliet", "-rock"])
