@@ -2,7 +2,7 @@
 //! file owners, logind, systemd, ufw, sshd's effective ports, Podman and the health probes
 //! goes through [`System`]. Plain files under the root directory (subuid, the PKI, the
 //! status file) are read and written directly. `real.rs` implements the trait on the
-//! running host (zbus, commands), `fake.rs` in memory for the unit tests, and [`ReadOnly`]
+//! running host (through commands), `fake.rs` in memory for the unit tests, and [`ReadOnly`]
 //! guards --dry-run.
 
 use std::path::{Path, PathBuf};
