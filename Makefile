@@ -2,7 +2,7 @@
 # (scripts/install-test-deps.sh; needs root when something is missing).
 CARGO ?= cargo
 
-.PHONY: all build release user-data test deps lint unit e2e fmt clean
+.PHONY: all build release user-data test deps lint unit e2e bench fmt clean
 
 all: build
 
@@ -28,7 +28,7 @@ deps:
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	shellcheck -x src/cloudinit/guest/*.sh image/*.sh scripts/*.sh
+	shellcheck -x src/cloudinit/guest/*.sh image/*.sh scripts/*.sh bench/*.sh
 
 # Unit tests, the CLI and user-data tests, and the root-only tests with real nginx,
 # the Distribution registry, skopeo and cloud-init (marked #[ignore] for plain `cargo test`).
@@ -44,6 +44,14 @@ e2e: deps
 	$(CARGO) build --release
 	REGIMAGE_E2E_BINARY="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/regimage" \
 	  $(CARGO) test --test e2e -- --ignored --test-threads=1 --nocapture
+
+# Benchmarks (issue 9; not part of `make test`; root, no VM): the proxy against the registry
+# on loopback (a 1 GiB blob up and down), first-boot PKI against the guide's openssl
+# (bench/guide-pki.sh), `build user-data`; A/B alternating, medians, the last e2e timings.
+# Writes target/bench.json. Knobs: BENCH_BLOB_MIB (1024), BENCH_ROUNDS (5), BENCH_PKI_ROUNDS
+# (5), BENCH_BUILD_ROUNDS (3), BENCH_MAX_SECONDS (3600); see benches/bench.rs.
+bench: deps
+	$(CARGO) bench --bench bench
 
 # Everything CI runs: lint, the tests without VMs, then the VM tests (~40 min under TCG on
 # 2 cores).

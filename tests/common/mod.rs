@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use sha2::{Digest, Sha256};
 
 pub mod client;
+pub mod loopback;
 pub mod vm;
 
 /// The regimage binary cargo built for this test run.

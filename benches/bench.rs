@@ -1,0 +1,806 @@
+//! `make bench` (issue 9): each measurement against its yardstick, A and B alternating in
+//! every round so that machine noise falls on both, medians reported, everything written to
+//! target/bench.json.
+//!
+//! - **proxy**: a blob (1 GiB; `BENCH_BLOB_MIB`) pushed as clients push (POST, one streamed
+//!   PATCH, PUT with the digest) and downloaded (GET, digest checked) through the nginx proxy
+//!   (push port with the bundle's client certificate, pull port anonymous) and straight to the
+//!   registry on 127.0.0.1, with the real parts tests/proxy_loopback.rs uses
+//!   (tests/common/loopback.rs). The client is curl (OpenSSL), not ureq in this process: a
+//!   first try with ureq, hashing in-process, read 187 MB/s straight from the registry where
+//!   curl read 506; this file's sha2 (software, opt-level "s") hashes only ~220 MB/s, OpenSSL's
+//!   ~1 GB/s, so in-process hashing would have capped both ways. The upload stream is
+//!   generated on the fly (a 1 MiB pseudo-random block, repeated), digested once beforehand
+//!   and piped into curl's stdin; the download is piped from curl into `openssl dgst` and
+//!   checked, as clients verify what they pull. Each request is its own curl (a new
+//!   connection; the handshakes are noise next to the blob).
+//! - **pki**: `regimage firstboot --no-system` (ECDSA P-256, the default, and RSA-4096)
+//!   against the guide's openssl procedure, bench/guide-pki.sh (RSA-4096).
+//! - **user-data**: `regimage build user-data` with the binary embedded and with
+//!   `--binary-url/--binary-sha256`: wall time and size.
+//! - **e2e**: a summary of the last VM test's target/e2e-timings.json, when there is one.
+//!
+//! Needs root (nginx, files owned by root), nginx, docker-registry, curl, openssl, skopeo.
+//! Every loop is bounded: `BENCH_ROUNDS` (5), `BENCH_PKI_ROUNDS` (5), `BENCH_BUILD_ROUNDS`
+//! (3), and `BENCH_MAX_SECONDS` (3600) for the whole run, after which no new round starts.
+//! Traffic goes to 127.0.0.1 only.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use common::{run_ok, s};
+
+const MIB: u64 = 1024 * 1024;
+/// The proxy's default `client_max_body_size` is 2g: one PATCH must stay under it.
+const MAX_BLOB_MIB: u64 = 2000;
+/// One request (a whole 1 GiB PATCH or GET) may take this long before the run fails.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(900);
+const REPO: &str = "bench/blob";
+
+fn env_u64(name: &str, default: u64, min: u64, max: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => {
+            let n: u64 = v
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}={v:?}: not a whole number ({e})"));
+            assert!(
+                (min..=max).contains(&n),
+                "{name}={n}: expected {min} to {max}"
+            );
+            n
+        }
+        Err(_) => default,
+    }
+}
+
+fn log(msg: &str) {
+    let now = time::OffsetDateTime::now_utc();
+    eprintln!(
+        "{:02}:{:02}:{:02} [bench] {msg}",
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The run's time budget: a new round starts only while it lasts.
+struct Budget {
+    started: Instant,
+    limit: Duration,
+    exhausted: bool,
+}
+
+impl Budget {
+    /// Whether round `round` (0-based) may start; the first always does.
+    fn allows(&mut self, what: &str, round: u64) -> bool {
+        if round > 0 && self.started.elapsed() > self.limit {
+            if !self.exhausted {
+                log(&format!(
+                    "BENCH_MAX_SECONDS ({}) spent: {what} stops after {round} rounds",
+                    self.limit.as_secs()
+                ));
+            }
+            self.exhausted = true;
+            return false;
+        }
+        true
+    }
+}
+
+// ---- the blob -------------------------------------------------------------------------------
+
+/// `len` bytes: one 1 MiB pseudo-random block (xorshift, fixed seed) over and over.
+struct Blob {
+    block: Vec<u8>,
+    pos: u64,
+    len: u64,
+}
+
+impl Blob {
+    fn new(len: u64) -> Blob {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut block = Vec::with_capacity(MIB as usize);
+        while block.len() < MIB as usize {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            block.extend_from_slice(&x.to_le_bytes());
+        }
+        Blob { block, pos: 0, len }
+    }
+}
+
+impl Blob {
+    /// Writes the rest of the blob to `w` in 1 MiB writes; returns the bytes written.
+    fn write_to(&mut self, w: &mut impl Write) -> std::io::Result<u64> {
+        let start = self.pos;
+        while self.pos < self.len {
+            let at = (self.pos % MIB) as usize;
+            let n = (self.block.len() - at).min((self.len - self.pos) as usize);
+            w.write_all(&self.block[at..at + n])?;
+            self.pos += n as u64;
+        }
+        Ok(self.pos - start)
+    }
+}
+
+impl Read for Blob {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len - self.pos;
+        if left == 0 {
+            return Ok(0);
+        }
+        let at = (self.pos % MIB) as usize;
+        let n = buf.len().min(self.block.len() - at).min(left as usize);
+        buf[..n].copy_from_slice(&self.block[at..at + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+fn blob_digest(len: u64) -> String {
+    let mut blob = Blob::new(len);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; MIB as usize];
+    loop {
+        let n = blob.read(&mut buf).expect("reading the generated blob");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+// ---- HTTP -----------------------------------------------------------------------------------
+
+fn read_file(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// One way to the registry: where to push and pull, and curl's TLS arguments for each.
+struct Way {
+    name: &'static str,
+    push_base: String,
+    push_tls: Vec<String>,
+    pull_base: String,
+    pull_tls: Vec<String>,
+}
+
+/// curl for one request: no proxy from the environment, bounded in time, no
+/// `Expect: 100-continue` (Go clients do not send it; curl would wait for the answer).
+fn curl(tls: &[String]) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--noproxy", "*", "--max-time"])
+        .arg(REQUEST_TIMEOUT.as_secs().to_string())
+        .args(["-H", "Expect:"])
+        .args(tls);
+    cmd
+}
+
+/// The status code curl printed with `-w %{http_code}` and the headers it dumped to `headers`.
+fn reply(out: &std::process::Output, headers: &Path, what: &str) -> (u16, String) {
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let text = std::fs::read_to_string(headers).unwrap_or_default();
+    assert!(
+        code != 0,
+        "{what}: no HTTP answer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, text)
+}
+
+fn header(headers: &str, name: &str) -> Option<String> {
+    // The last block: curl dumps every response, a 100 Continue included.
+    headers.lines().rev().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// Absolute URL for a Location that may be relative (REGISTRY_HTTP_RELATIVEURLS=true).
+fn resolve(base: &str, loc: &str) -> String {
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        assert!(
+            loc.starts_with(base),
+            "the registry sent the upload elsewhere: {loc} (expected under {base})"
+        );
+        loc.to_string()
+    } else {
+        format!("{base}{loc}")
+    }
+}
+
+/// One request without a body; returns the status and the response headers.
+fn request(way: &Way, tls: &[String], method: &str, url: &str, work: &Path) -> (u16, String) {
+    let headers = work.join("headers");
+    let what = format!("{}: {method} {url}", way.name);
+    let out = common::output(
+        curl(tls)
+            .args(["-X", method, "-o", "/dev/null", "-w", "%{http_code}", "-D"])
+            .arg(&headers)
+            .arg(url),
+    );
+    reply(&out, &headers, &what)
+}
+
+/// POST, one streamed PATCH, PUT with the digest, as clients push a layer; returns the
+/// seconds it took. The PATCH body comes from this process through curl's stdin.
+fn upload(way: &Way, len: u64, digest: &str, work: &Path) -> f64 {
+    let t = Instant::now();
+    let (code, headers) = request(
+        way,
+        &way.push_tls,
+        "POST",
+        &format!("{}/v2/{REPO}/blobs/uploads/", way.push_base),
+        work,
+    );
+    assert_eq!(code, 202, "{}: starting an upload:\n{headers}", way.name);
+    let loc = header(&headers, "location")
+        .unwrap_or_else(|| panic!("{}: no Location:\n{headers}", way.name));
+    let url = resolve(&way.push_base, &loc);
+
+    let what = format!("{}: PATCH of {len} bytes", way.name);
+    let dump = work.join("patch-headers");
+    let mut child = curl(&way.push_tls)
+        .args(["-X", "PATCH", "-T", "-"])
+        // A known length, as clients send a layer (curl would otherwise go chunked).
+        .args(["-H", "Transfer-Encoding:"])
+        .args(["-H", &format!("Content-Length: {len}")])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .args(["-o", "/dev/null", "-w", "%{http_code}", "-D"])
+        .arg(&dump)
+        .arg(&url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: starting curl: {e}"));
+    let mut stdin = child.stdin.take().expect("curl's stdin");
+    // 1 MiB writes (io::copy would write 8 KiB at a time).
+    let copied = Blob::new(len).write_to(&mut stdin);
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{what}: waiting for curl: {e}"));
+    let (code, headers) = reply(&out, &dump, &what);
+    assert_eq!(
+        copied.ok(),
+        Some(len),
+        "{what}: curl did not take the whole body (HTTP {code})\n{headers}"
+    );
+    assert_eq!(code, 202, "{what}:\n{headers}");
+    let loc =
+        header(&headers, "location").unwrap_or_else(|| panic!("{what}: no Location:\n{headers}"));
+    let url = resolve(&way.push_base, &loc);
+
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}digest={digest}");
+    let (code, headers) = request(way, &way.push_tls, "PUT", &url, work);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(code, 201, "{}: PUT with the digest:\n{headers}", way.name);
+    assert_eq!(
+        header(&headers, "docker-content-digest").as_deref(),
+        Some(digest),
+        "{}: the registry stored another digest",
+        way.name
+    );
+    secs
+}
+
+/// GET of the blob, piped into `openssl dgst -sha256` as it arrives (a client verifies what
+/// it pulls; OpenSSL's SHA-256 keeps up, this file's optimized-for-size sha2 would not);
+/// returns the seconds it took.
+fn download(way: &Way, digest: &str) -> f64 {
+    let what = format!("{}: GET of the blob", way.name);
+    let t = Instant::now();
+    let mut get = curl(&way.pull_tls)
+        .args(["--fail", "-o", "-"])
+        .arg(format!("{}/v2/{REPO}/blobs/{digest}", way.pull_base))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: starting curl: {e}"));
+    let body = get.stdout.take().expect("curl's stdout");
+    let sum = Command::new("openssl")
+        .args(["dgst", "-sha256", "-r"])
+        .stdin(body)
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: running openssl dgst: {e}"));
+    let out = get
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{what}: waiting for curl: {e}"));
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{what}: curl failed with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&sum.stdout);
+    let got = format!("sha256:{}", text.split_whitespace().next().unwrap_or(""));
+    assert_eq!(
+        got, digest,
+        "{what}: the bytes that came back have another digest"
+    );
+    secs
+}
+
+/// Throughputs (MB/s, 10^6 bytes) of each round, direct and proxy, and their ratios.
+#[derive(Default)]
+struct Series {
+    direct: Vec<f64>,
+    proxy: Vec<f64>,
+}
+
+impl Series {
+    fn report(&self, label: &str) -> Value {
+        let (d, p) = (median(&self.direct), median(&self.proxy));
+        let paired: Vec<f64> = self
+            .proxy
+            .iter()
+            .zip(&self.direct)
+            .map(|(p, d)| p / d)
+            .collect();
+        let ratio = p / d;
+        println!(
+            "  {label:<5} direct {d:7.1} MB/s  proxy {p:7.1} MB/s  proxy/direct {ratio:.3} \
+             (median of round ratios {:.3}; rounds {:?})",
+            median(&paired),
+            paired.iter().map(|r| round3(*r)).collect::<Vec<_>>()
+        );
+        json!({
+            "direct_mb_s": self.direct.iter().map(|x| round3(*x)).collect::<Vec<_>>(),
+            "proxy_mb_s": self.proxy.iter().map(|x| round3(*x)).collect::<Vec<_>>(),
+            "direct_median_mb_s": round3(d),
+            "proxy_median_mb_s": round3(p),
+            "ratio_proxy_direct": round3(ratio),
+            "round_ratios": paired.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
+            "median_round_ratio": round3(median(&paired)),
+        })
+    }
+}
+
+fn bench_proxy(budget: &mut Budget) -> Value {
+    let mib = env_u64("BENCH_BLOB_MIB", 1024, 1, MAX_BLOB_MIB);
+    let rounds = env_u64("BENCH_ROUNDS", 5, 1, 50);
+    let len = mib * MIB;
+    log("proxy: starting the registry and nginx as tests/proxy_loopback.rs does");
+    let lb = common::loopback::start("");
+    let c = &lb.client;
+    let direct_base = format!("http://127.0.0.1:{}", lb.registry_port);
+    let direct = Way {
+        name: "direct",
+        push_base: direct_base.clone(),
+        push_tls: Vec::new(),
+        pull_base: direct_base,
+        pull_tls: Vec::new(),
+    };
+    // The certificate names 127.0.0.1 (extra-names), so no name resolution is involved.
+    let ca = vec!["--cacert".to_string(), s(&c.server_ca)];
+    let mut client_cert = ca.clone();
+    client_cert.extend(["--cert".to_string(), s(&c.cert)]);
+    client_cert.extend(["--key".to_string(), s(&c.key)]);
+    let proxy = Way {
+        name: "proxy",
+        push_base: format!("https://127.0.0.1:{}", c.push),
+        push_tls: client_cert,
+        pull_base: format!("https://127.0.0.1:{}", c.pull),
+        pull_tls: ca,
+    };
+    let work = lb.work.join("bench");
+    std::fs::create_dir(&work).expect("creating the bench dir");
+    let t = Instant::now();
+    let digest = blob_digest(len);
+    log(&format!(
+        "proxy: {mib} MiB blob {digest} (digested in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    ));
+
+    let (mut up, mut down) = (Series::default(), Series::default());
+    let mb = len as f64 / 1e6;
+    for round in 0..rounds {
+        if !budget.allows("proxy", round) {
+            break;
+        }
+        // A B, then B A: each way goes first in every other round.
+        let order = if round % 2 == 0 {
+            [&direct, &proxy]
+        } else {
+            [&proxy, &direct]
+        };
+        for way in order {
+            let secs = upload(way, len, &digest, &work);
+            log(&format!(
+                "proxy: round {} up   {:<6} {:7.1} MB/s ({secs:.2} s)",
+                round + 1,
+                way.name,
+                mb / secs
+            ));
+            match way.name {
+                "direct" => up.direct.push(mb / secs),
+                _ => up.proxy.push(mb / secs),
+            }
+        }
+        for way in order {
+            let secs = download(way, &digest);
+            log(&format!(
+                "proxy: round {} down {:<6} {:7.1} MB/s ({secs:.2} s)",
+                round + 1,
+                way.name,
+                mb / secs
+            ));
+            match way.name {
+                "direct" => down.direct.push(mb / secs),
+                _ => down.proxy.push(mb / secs),
+            }
+        }
+    }
+    println!(
+        "proxy vs direct, {mib} MiB blob, {} rounds, client curl (MB = 10^6 bytes):",
+        up.direct.len()
+    );
+    let up_report = up.report("up");
+    let down_report = down.report("down");
+    json!({
+        "blob_mib": mib,
+        "rounds": up.direct.len(),
+        "client": "curl (OpenSSL); upload body piped from the benchmark, download piped into openssl dgst",
+        "up": up_report,
+        "down": down_report,
+    })
+}
+
+// ---- first-boot PKI -------------------------------------------------------------------------
+
+fn regimage_binary() -> PathBuf {
+    std::env::var_os("REGIMAGE_BENCH_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_regimage")))
+}
+
+/// Runs `cmd` to success and returns its wall time in seconds.
+fn timed(cmd: &mut Command) -> f64 {
+    let t = Instant::now();
+    run_ok(cmd);
+    t.elapsed().as_secs_f64()
+}
+
+fn bench_pki(budget: &mut Budget, work: &Path) -> Value {
+    let rounds = env_u64("BENCH_PKI_ROUNDS", 5, 1, 50);
+    let script = common::vm::repo_root().join("bench/guide-pki.sh");
+    let mut configs = Vec::new();
+    for alg in ["ecdsa-p256", "rsa-4096"] {
+        let cfg = work.join(format!("pki-{alg}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "hostname: localhost\nextra-names: [127.0.0.1]\npki:\n  key-algorithm: {alg}\n"
+            ),
+        )
+        .expect("writing a PKI config");
+        configs.push(cfg);
+    }
+    let names = ["regimage_ecdsa_p256", "regimage_rsa_4096", "guide_rsa_4096"];
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        if !budget.allows("pki", round) {
+            break;
+        }
+        // Rotate the order: each variant runs first, second and third in turn.
+        for k in 0..3 {
+            let i = (k + round as usize) % 3;
+            let dir = work.join(format!("pki-{round}-{i}"));
+            let secs = if i < 2 {
+                std::fs::create_dir(&dir)
+                    .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+                timed(
+                    Command::new(regimage_binary())
+                        .args(["firstboot", "--no-system", "--root"])
+                        .arg(&dir)
+                        .arg("-c")
+                        .arg(&configs[i]),
+                )
+            } else {
+                timed(Command::new(&script).arg(&dir))
+            };
+            log(&format!(
+                "pki: round {} {:<20} {secs:6.2} s",
+                round + 1,
+                names[i]
+            ));
+            times[i].push(secs);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let med: Vec<f64> = times.iter().map(|t| median(t)).collect();
+    println!(
+        "first-boot PKI, {} rounds (median wall time; the guide is 4 RSA-4096 keys):",
+        times[0].len()
+    );
+    for (name, m) in names.iter().zip(&med) {
+        println!("  {name:<20} {m:6.2} s");
+    }
+    println!(
+        "  guide / regimage ECDSA {:.1}x   guide / regimage RSA-4096 {:.2}x",
+        med[2] / med[0],
+        med[2] / med[1]
+    );
+    let mut out = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        out.insert(
+            name.to_string(),
+            json!({
+                "seconds": times[i].iter().map(|x| round3(*x)).collect::<Vec<_>>(),
+                "median_seconds": round3(med[i]),
+            }),
+        );
+    }
+    out.insert("rounds".into(), json!(times[0].len()));
+    out.insert(
+        "ratio_guide_over_ecdsa".into(),
+        json!(round3(med[2] / med[0])),
+    );
+    out.insert(
+        "ratio_guide_over_rsa".into(),
+        json!(round3(med[2] / med[1])),
+    );
+    Value::Object(out)
+}
+
+// ---- build user-data ------------------------------------------------------------------------
+
+fn bench_user_data(budget: &mut Budget, work: &Path) -> Value {
+    let rounds = env_u64("BENCH_BUILD_ROUNDS", 3, 1, 50);
+    let bin = regimage_binary();
+    let bin_bytes = read_file(&bin);
+    let sha = hex::encode(Sha256::digest(&bin_bytes));
+    // Never fetched: build only writes the URL into the user-data.
+    let url = "http://127.0.0.1/regimage";
+    let names = ["embedded", "binary_url"];
+    let mut times: [Vec<f64>; 2] = Default::default();
+    let mut sizes = [0u64; 2];
+    for round in 0..rounds {
+        if !budget.allows("user-data", round) {
+            break;
+        }
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let out = work.join(format!("user-data-{i}"));
+            let mut cmd = Command::new(&bin);
+            cmd.args(["build", "user-data", "-o"]).arg(&out);
+            if i == 1 {
+                cmd.args(["--binary-url", url, "--binary-sha256", &sha]);
+            }
+            let secs = timed(&mut cmd);
+            sizes[i] = std::fs::metadata(&out)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", out.display()))
+                .len();
+            log(&format!(
+                "user-data: round {} {:<10} {secs:5.2} s {} bytes",
+                round + 1,
+                names[i],
+                sizes[i]
+            ));
+            times[i].push(secs);
+        }
+    }
+    println!(
+        "build user-data, default config, {} rounds (binary {} bytes):",
+        times[0].len(),
+        bin_bytes.len()
+    );
+    let mut out = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        let m = median(&times[i]);
+        println!(
+            "  {name:<10} {m:5.2} s  {} bytes ({:.1} KiB)",
+            sizes[i],
+            sizes[i] as f64 / 1024.0
+        );
+        out.insert(
+            name.to_string(),
+            json!({
+                "seconds": times[i].iter().map(|x| round3(*x)).collect::<Vec<_>>(),
+                "median_seconds": round3(m),
+                "bytes": sizes[i],
+            }),
+        );
+    }
+    out.insert("binary_bytes".into(), json!(bin_bytes.len()));
+    out.insert("rounds".into(), json!(times[0].len()));
+    Value::Object(out)
+}
+
+// ---- the last VM test -----------------------------------------------------------------------
+
+/// The headline figures of each test in target/e2e-timings.json: its total, the bake, boot
+/// to ready, and the sum and largest of first boot's own steps.
+fn e2e_summary() -> Value {
+    let path = common::vm::Timings::path();
+    let Ok(bytes) = std::fs::read(&path) else {
+        println!("no {} (run `make e2e` for the VM timings)", path.display());
+        return Value::Null;
+    };
+    let all: serde_json::Map<String, Value> = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            println!("{}: not JSON ({e})", path.display());
+            return Value::Null;
+        }
+    };
+    let age = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .map(|d| d.as_secs() / 60);
+    println!(
+        "last VM test ({}, written {} min ago):",
+        path.display(),
+        age.map_or("?".to_string(), |a| a.to_string())
+    );
+    let mut out = serde_json::Map::new();
+    for (test, stages) in &all {
+        let Some(stages) = stages.as_object() else {
+            continue;
+        };
+        let mut summary = serde_json::Map::new();
+        let mut line = Vec::new();
+        for key in stages.keys() {
+            let headline = key == "total_seconds"
+                || key == "bake_seconds"
+                || key.ends_with("boot_to_ready_seconds");
+            if let (true, Some(v)) = (headline, stages[key].as_f64()) {
+                line.push(format!("{} {v:.1} s", key.trim_end_matches("_seconds")));
+                summary.insert(key.clone(), json!(v));
+            }
+        }
+        // First boot's steps, per prefix ("" for the user-data VM, "vm1_" and so on).
+        let mut prefixes: Vec<&str> = Vec::new();
+        for key in stages.keys() {
+            if let Some(i) = key.find("firstboot_step_") {
+                if key.ends_with("_seconds") && !prefixes.contains(&&key[..i]) {
+                    prefixes.push(&key[..i]);
+                }
+            }
+        }
+        for prefix in prefixes {
+            let start = format!("{prefix}firstboot_step_");
+            let mut steps: Vec<(&str, f64)> = stages
+                .iter()
+                .filter_map(|(k, v)| {
+                    let name = k.strip_prefix(&start)?.strip_suffix("_seconds")?;
+                    Some((name, v.as_f64()?))
+                })
+                .collect();
+            steps.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let total: f64 = steps.iter().map(|(_, v)| v).sum();
+            let top: Vec<String> = steps
+                .iter()
+                .take(3)
+                .map(|(n, v)| format!("{n} {v:.1}"))
+                .collect();
+            line.push(format!(
+                "{prefix}first boot steps {total:.1} s ({})",
+                top.join(", ")
+            ));
+            summary.insert(
+                format!("{prefix}firstboot_steps_total_seconds"),
+                json!(total),
+            );
+        }
+        println!("  {test}: {}", line.join("; "));
+        out.insert(test.clone(), Value::Object(summary));
+    }
+    Value::Object(out)
+}
+
+// ---- the run --------------------------------------------------------------------------------
+
+fn sh_line(cmd: &str) -> String {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| {
+            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
+            t.push_str(&String::from_utf8_lossy(&o.stderr));
+            t.trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": sh_line("sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1"),
+        "kernel": sh_line("uname -r"),
+        "loadavg_start": sh_line("cat /proc/loadavg"),
+        "nginx": sh_line("nginx -v"),
+        "registry": sh_line("docker-registry --version"),
+        "openssl": sh_line("openssl version"),
+    })
+}
+
+fn main() {
+    // `cargo bench` passes --bench. `cargo test --all-targets` (`make unit`) also builds and
+    // runs this file, without it: then it does nothing.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/bench.rs: nothing to do without --bench (`make bench` runs it)");
+        return;
+    }
+    let started = Instant::now();
+    let mut budget = Budget {
+        started,
+        limit: Duration::from_secs(env_u64("BENCH_MAX_SECONDS", 3600, 60, 86_400)),
+        exhausted: false,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("formatting the date");
+    let mut report = serde_json::Map::new();
+    report.insert("date".into(), json!(stamp));
+    report.insert(
+        "git".into(),
+        json!(sh_line(&format!(
+            "git -C '{}' rev-parse --short HEAD",
+            s(&common::vm::repo_root())
+        ))),
+    );
+    report.insert("regimage".into(), json!(s(&regimage_binary())));
+    report.insert("machine".into(), machine());
+    log(&format!(
+        "regimage {}; machine load {}",
+        s(&regimage_binary()),
+        sh_line("cat /proc/loadavg")
+    ));
+
+    let dir = common::test_dir("regimage-bench-");
+    report.insert("proxy".into(), bench_proxy(&mut budget));
+    report.insert("pki".into(), bench_pki(&mut budget, dir.path()));
+    report.insert("user_data".into(), bench_user_data(&mut budget, dir.path()));
+    report.insert("e2e".into(), e2e_summary());
+    report.insert("loadavg_end".into(), json!(sh_line("cat /proc/loadavg")));
+    report.insert(
+        "seconds".into(),
+        json!(round3(started.elapsed().as_secs_f64())),
+    );
+    report.insert("budget_exhausted".into(), json!(budget.exhausted));
+
+    let out = common::vm::Timings::path().with_file_name("bench.json");
+    let text = serde_json::to_vec_pretty(&Value::Object(report)).expect("encoding the report");
+    std::fs::write(&out, text).unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
+    println!(
+        "wrote {} ({:.0} s in all)",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+}

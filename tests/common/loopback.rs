@@ -1,0 +1,140 @@
+//! The proxy on loopback with real parts, shared by tests/proxy_loopback.rs and the
+//! benchmark (benches/bench.rs): Debian's Distribution registry binary run with the
+//! environment the unit gives the container, behind the real nginx running the rendered
+//! nginx.conf on high ports, with certificates and a client bundle from `regimage firstboot
+//! --no-system`.
+//!
+//! Needs root (nginx binds, files owned by root), nginx, docker-registry, skopeo, curl,
+//! openssl.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::client::{self, Client};
+use super::vm::Background;
+use super::{regimage, require_tool, run_ok, s, test_dir};
+
+/// Registry and proxy running; both stop and the directory goes when this is dropped.
+pub struct Loopback {
+    /// The bundle of client `ci`, installed under $HOME as its README says.
+    pub client: Client,
+    /// The registry's own port on 127.0.0.1 (plain HTTP, what the proxy forwards to).
+    pub registry_port: u16,
+    /// The scratch directory (config, logs, the registry's storage).
+    pub work: PathBuf,
+    /// What `regimage render` and `firstboot --no-system` wrote (stands for `/`).
+    pub root: PathBuf,
+    // Dropped in this order: nginx, the registry, then the directory.
+    _nginx: Background,
+    _registry: Background,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the registry and nginx as the appliance runs them; `extra_config` is appended to
+/// the site config (the ports and names are set here).
+pub fn start(extra_config: &str) -> Loopback {
+    for (tool, package) in [
+        ("nginx", "nginx-light"),
+        ("docker-registry", "docker-registry"),
+        ("skopeo", "skopeo"),
+        ("curl", "curl"),
+        ("openssl", "openssl"),
+    ] {
+        require_tool(tool, package);
+    }
+    let dir = test_dir("regimage-proxy-");
+    let work = dir.path().to_path_buf();
+    let root = work.join("root");
+    std::fs::create_dir(&root).expect("creating root");
+    let (pull, push, registry_port) = (super::free_port(), super::free_port(), super::free_port());
+    assert!(pull != push && push != registry_port && pull != registry_port);
+
+    let cfg = work.join("regimage.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "hostname: localhost\nextra-names: [127.0.0.1]\nports:\n  pull: {pull}\n  push: {push}\n  registry: {registry_port}\n{extra_config}"
+        ),
+    )
+    .expect("writing config");
+    run_ok(
+        regimage()
+            .args(["render", "--root"])
+            .arg(&root)
+            .arg("-c")
+            .arg(&cfg),
+    );
+    run_ok(
+        regimage()
+            .args(["firstboot", "--no-system", "--root"])
+            .arg(&root)
+            .arg("-c")
+            .arg(&cfg),
+    );
+
+    // The registry, as the container runs it: the unit's environment, on the loopback port.
+    let config = regimage::config::Config::load(Some(&cfg)).expect("loading config");
+    let data = work.join("registry-data");
+    std::fs::create_dir(&data).expect("creating registry data dir");
+    let registry_yml = work.join("registry.yml");
+    std::fs::write(
+        &registry_yml,
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n",
+    )
+    .expect("writing registry config");
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(&registry_yml);
+    for (k, v) in regimage::render::registry_environment(&config) {
+        cmd.env(k, v);
+    }
+    // Only the listen address and the storage path differ from the container.
+    cmd.env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{registry_port}"))
+        .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &data)
+        .env("REGISTRY_HTTP_SECRET", "loopback-test-secret");
+    let mut registry = Background::start("docker-registry", &mut cmd, &work.join("registry.log"));
+    registry.wait_for_port(registry_port);
+
+    // nginx with the rendered config; only the absolute path prefixes move into the test dir.
+    let conf_text =
+        std::fs::read_to_string(root.join("etc/registry/nginx.conf")).expect("reading nginx.conf");
+    let run_dir = work.join("run/registry-proxy");
+    let log_dir = work.join("log/registry-proxy");
+    std::fs::create_dir_all(&run_dir).expect("creating run dir");
+    std::fs::create_dir_all(&log_dir).expect("creating log dir");
+    let conf_text = conf_text
+        .replace("/etc/registry/", &format!("{}/etc/registry/", s(&root)))
+        .replace("/run/registry-proxy", &s(&run_dir))
+        .replace("/var/log/registry-proxy", &s(&log_dir));
+    let conf = work.join("nginx.conf");
+    std::fs::write(&conf, conf_text).expect("writing nginx.conf");
+    let error_log = log_dir.join("startup-error.log");
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(&error_log)
+        .args(["-g", "daemon off; user root;"]);
+    let mut nginx = Background::start("nginx", &mut cmd, &work.join("nginx.out"));
+    nginx.wait_for_port(pull);
+    nginx.wait_for_port(push);
+
+    // Install the client bundle as its README says, per user: ~/.config/containers/certs.d.
+    let client_work = work.join("client");
+    std::fs::create_dir(&client_work).expect("creating the client dir");
+    let client = client::install_bundle(
+        &root.join("var/lib/regimage/out/ci.tar.gz"),
+        "ci",
+        &client_work,
+        pull,
+        push,
+    );
+    Loopback {
+        client,
+        registry_port,
+        work,
+        root,
+        _nginx: nginx,
+        _registry: registry,
+        _dir: dir,
+    }
+}
