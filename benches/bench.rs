@@ -709,7 +709,7 @@ fn e2e_summary() -> Value {
                 .map(|(n, v)| format!("{n} {v:.1}"))
                 .collect();
             line.push(format!(
-                "{prefix}first boot steps {total:.1} s ({})",
+                "{prefix}firstboot steps {total:.1} s ({})",
                 top.join(", ")
             ));
             summary.insert(
