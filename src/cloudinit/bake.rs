@@ -35,6 +35,14 @@ const BAKE_FINISH_UNIT: &str = "regimage-bake-finish.service";
 pub(super) const BAKE_FINISH_SH: &str = include_str!("guest/bake-finish.sh");
 /// The bake's runcmd: checks the packages, copies the payload, enables first boot.
 pub(super) const BAKE_PAYLOAD_SH: &str = include_str!("guest/bake-payload.sh");
+/// bootcmd, before the packages: dpkg without fsync and no man-db rebuilds, for the bake only.
+pub(super) const BAKE_FAST_DPKG_SH: &str = include_str!("guest/bake-fast-dpkg.sh");
+/// The dpkg configuration the bake adds for its own installs; bake-finish.sh removes it.
+const BAKE_DPKG_CFG: &str = "/etc/dpkg/dpkg.cfg.d/regimage-bake";
+/// man-db rebuilds its index after each package while this file exists (Debian, Ubuntu).
+const MAN_DB_AUTO_UPDATE: &str = "/var/lib/man-db/auto-update";
+/// Left when bootcmd turned man-db's auto-update off, so bake-finish.sh turns it on again.
+const BAKE_MAN_DB_MARKER: &str = "/run/regimage-bake/man-db-auto-update";
 /// Writes its first argument to the file named by its second.
 const WRITE_FILE_SH: &str = "umask 077; printf '%s' \"$1\" > \"$2\"";
 
@@ -79,17 +87,32 @@ pub(super) fn bootcmd() -> Vec<Value> {
             BAKE_FINISH_SCRIPT,
         ]),
         Value::strs(run),
+        Value::strs([
+            "sh",
+            "-c",
+            BAKE_FAST_DPKG_SH,
+            "regimage-bake-fast-dpkg",
+            BAKE_DPKG_CFG,
+            MAN_DB_AUTO_UPDATE,
+            BAKE_MAN_DB_MARKER,
+        ]),
         say("booted; cloud-init installs the packages next (the longest step)"),
     ]
 }
 
 /// The environment of [`BAKE_FINISH_SH`].
-fn finish_env() -> [(&'static str, String); 4] {
+fn finish_env() -> [(&'static str, String); 7] {
     [
         ("REGIMAGE_BAKE_PREFIX", BAKE_PROGRESS_PREFIX.into()),
         ("REGIMAGE_BAKE_FAILED", BAKE_FAILED_STEP.into()),
         ("REGIMAGE_BAKE_DONE", BAKE_DONE_STEP.into()),
         ("REGIMAGE_PAYLOAD_DONE", BAKE_PAYLOAD_DONE.into()),
+        ("REGIMAGE_BAKE_DPKG_CFG", BAKE_DPKG_CFG.into()),
+        (
+            "REGIMAGE_BAKE_MAN_DB_AUTO_UPDATE",
+            MAN_DB_AUTO_UPDATE.into(),
+        ),
+        ("REGIMAGE_BAKE_MAN_DB_MARKER", BAKE_MAN_DB_MARKER.into()),
     ]
 }
 
@@ -303,7 +326,7 @@ mod tests {
     fn embedded_scripts_are_what_gets_into_the_seed() {
         let seed = bake(&extent(0, 1, "ab"), &extent(512, 1, "cd")).unwrap();
         let strings = strings_read_back(&seed.text);
-        for script in [BAKE_FINISH_SH, BAKE_PAYLOAD_SH] {
+        for script in [BAKE_FINISH_SH, BAKE_PAYLOAD_SH, BAKE_FAST_DPKG_SH] {
             assert!(strings.iter().any(|s| s == script));
             // Readable in the seed: a literal block, not one escaped line.
             assert!(crate::yaml_out::literal_block_indicator(script).is_some());
@@ -342,6 +365,60 @@ mod tests {
             .unwrap();
         assert!(status.success());
         assert_eq!(std::fs::read_to_string(path).unwrap(), BAKE_FINISH_SH);
+    }
+
+    #[test]
+    fn bootcmd_turns_off_fsync_and_man_db_for_the_bake_and_finish_turns_them_on() {
+        // bootcmd's item, with its paths moved, run the way cloud-init runs it.
+        let item = bootcmd()
+            .into_iter()
+            .find(|i| format!("{i:?}").contains("regimage-bake-fast-dpkg"))
+            .expect("the fast-dpkg item");
+        let Value::Seq(mut item) = item else {
+            panic!("not an argv item")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dpkg-cfg");
+        let auto = dir.path().join("auto-update");
+        let marker = dir.path().join("marker");
+        let n = item.len();
+        assert_eq!(
+            item[n - 3..],
+            [
+                Value::str(BAKE_DPKG_CFG),
+                Value::str(MAN_DB_AUTO_UPDATE),
+                Value::str(BAKE_MAN_DB_MARKER)
+            ]
+        );
+        for (at, path) in [(n - 3, &cfg), (n - 2, &auto), (n - 1, &marker)] {
+            item[at] = Value::str(path.to_str().unwrap());
+        }
+        let script = dir.path().join("bootcmd");
+        std::fs::write(&script, shellify(&[Value::Seq(item)])).unwrap();
+        let run = || {
+            let status = std::process::Command::new("sh")
+                .arg(&script)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        };
+        std::fs::write(&auto, "").unwrap();
+        run();
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(text.lines().any(|l| l == "force-unsafe-io"), "{text}");
+        assert!(!auto.exists() && marker.exists());
+        // Where man-db's updates were already off, finish must not turn them on.
+        std::fs::remove_file(&marker).unwrap();
+        run();
+        assert!(!marker.exists());
+        // The finishing script undoes both, and refuses an image that keeps the dpkg file.
+        for needed in [
+            "rm -f \"$dpkg_cfg\"",
+            "if [ -e \"$man_db_marker\" ]; then : > \"$man_db_auto_update\"; fi",
+            "test ! -e \"$dpkg_cfg\" || fail",
+        ] {
+            assert!(BAKE_FINISH_SH.contains(needed), "{needed} missing");
+        }
     }
 
     #[test]

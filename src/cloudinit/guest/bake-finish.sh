@@ -11,6 +11,9 @@ prefix=$REGIMAGE_BAKE_PREFIX
 failed=$REGIMAGE_BAKE_FAILED
 done_step=$REGIMAGE_BAKE_DONE
 payload_done=$REGIMAGE_PAYLOAD_DONE
+dpkg_cfg=$REGIMAGE_BAKE_DPKG_CFG
+man_db_auto_update=$REGIMAGE_BAKE_MAN_DB_AUTO_UPDATE
+man_db_marker=$REGIMAGE_BAKE_MAN_DB_MARKER
 
 say() { echo "$prefix$*"; }
 fail() {
@@ -33,6 +36,9 @@ case "$rc" in
 esac
 test -f "$payload_done" || fail "the payload script did not run to its end"
 say "resetting the image for its first boot"
+# The bake's own shortcuts (bake-fast-dpkg.sh) do not stay in the image.
+rm -f "$dpkg_cfg"
+if [ -e "$man_db_marker" ]; then : > "$man_db_auto_update"; fi
 # --configs network drops the bake NIC's network config (cloud-init >= 24.1).
 cloud-init clean --logs --machine-id --seed --configs network \
   || cloud-init clean --logs --machine-id --seed \
@@ -53,6 +59,7 @@ rm -rf /var/log/journal/*
 left=$(find /etc /root /var/lib/regimage -xdev -type f \( -name 'ssh_host_*' -o -name '*.key' \
   -o -path '/etc/ssl/private/*' -o -path '/etc/registry/certs/*' \) 2>/dev/null)
 test -z "$left" || fail "key or certificate files are left in the image: $left"
+test ! -e "$dpkg_cfg" || fail "$dpkg_cfg is left in the image"
 grep -qx uninitialized /etc/machine-id || fail "/etc/machine-id is not 'uninitialized'"
 test ! -e /var/lib/cloud/instance || fail "cloud-init state is left in /var/lib/cloud"
 # Discarded blocks stay out of the output image.
