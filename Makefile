@@ -37,13 +37,14 @@ unit: deps
 	$(CARGO) test --all-targets -- --include-ignored --skip e2e_
 
 # The booted-VM end-to-end test (root; QEMU under TCG; builds or reuses image/'s cached
-# Debian base and registry fixture): the user-data path and the qcow2 path, one VM at a
-# time. Stage timings: target/e2e-timings.json.
+# Debian base and registry fixture): the user-data path and the qcow2 path side by side,
+# one VM each (REGIMAGE_E2E_VMS=1 runs one VM at a time). Stage timings:
+# target/e2e-timings.json.
 # The guest gets the release binary (8 MB; a debug one is 160 MB and slow under TCG).
 e2e: deps
 	$(CARGO) build --release
 	REGIMAGE_E2E_BINARY="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/regimage" \
-	  $(CARGO) test --test e2e -- --ignored --test-threads=1 --nocapture
+	  $(CARGO) test --test e2e -- --ignored --test-threads=2 --nocapture
 
 # Benchmarks (issue 9; not part of `make test`; root, no VM): the proxy against the registry
 # on loopback (a 1 GiB blob up and down), first-boot PKI against the guide's openssl
@@ -53,7 +54,7 @@ e2e: deps
 bench: deps
 	$(CARGO) bench --bench bench
 
-# Everything CI runs: lint, the tests without VMs, then the VM tests (~40 min under TCG on
+# Everything CI runs: lint, the tests without VMs, then the VM tests (VM tests ~45 min under TCG on
 # 2 cores).
 test: deps lint unit e2e
 

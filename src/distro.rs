@@ -95,8 +95,15 @@ static TABLE: [DistroInfo; 2] = [
         //   fuse-overlayfs 1.13-1 [universe]. Ubuntu cloud images enable universe.
         // No passt: Podman 4.9 uses slirp4netns (passt 0.0~git20240220 exists in universe
         // but is not needed). systemd-resolved is part of the stock cloud image.
+        // Installed without Recommends (cloudinit/lean_install.rs), so podman's Recommends
+        // that rootless networking needs are listed (DESIGN.md: netavark, slirp4netns,
+        // uidmap, catatonit); `gpg` satisfies libgpgme's `gnupg | gpg` without gnupg's
+        // agents. Not booted here (no Ubuntu image in the tests).
         packages: &[
             "podman",
+            "netavark",
+            "catatonit",
+            "gpg",
             "nginx",
             "uidmap",
             "slirp4netns",
@@ -152,9 +159,15 @@ static TABLE: [DistroInfo; 2] = [
         // Without passt Podman 5 fails ("could not find pasta"); without dbus-user-session
         // and libpam-systemd, user@UID.service failed. `nginx` is the real package on
         // trixie (nginx-light is gone); slirp4netns is kept from the measured set.
+        // Installed without Recommends (cloudinit/lean_install.rs): podman's Recommends
+        // that matter (passt, slirp4netns, uidmap, dbus-user-session, ca-certificates) are
+        // listed; `gpg` satisfies libgpgme's `gnupg | gpg` without gnupg's agents and
+        // dirmngr. Dropped with the Recommends: buildah, criu, catatonit, aardvark-dns,
+        // nftables, cpp, containers-storage (trixie's Packages, 2026-12).
         packages: &[
             "podman",
             "passt",
+            "gpg",
             "nginx",
             "uidmap",
             "slirp4netns",

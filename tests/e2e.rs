@@ -80,7 +80,12 @@ struct Ports {
 
 /// 443/4443 (the defaults, and the privileged-port case for the proxy) when free here.
 fn choose_ports() -> Ports {
-    let (pull, push) = if vm::port_free(443) && vm::port_free(4443) {
+    // Claimed first: the other VM test may be choosing at the same time.
+    let (pull, push) = if vm::port_free(443) && vm::port_free(4443) && common::claim_port(443) {
+        assert!(
+            common::claim_port(4443),
+            "443 was free to claim but 4443 was not"
+        );
         (443, 4443)
     } else {
         let pull = common::free_port();
@@ -496,11 +501,48 @@ fn record_steps(vm: &Vm, timings: &mut Timings, prefix: &str) {
 }
 
 /// Every check on a machine that just became ready; returns what a reboot must keep.
+/// The packages went in as an exact list (no Recommends such as buildah or criu), and the
+/// install's own settings are gone: apt's file removed, update-initramfs's config not
+/// mounted over and still saying yes.
+fn check_lean_install(vm: &Vm) {
+    let out = vm.root_ok(
+        "for p in buildah criu gnupg podman; do printf '%s=%s\\n' $p \"$(dpkg-query -W -f='${db:Status-Status}' $p 2>/dev/null)\"; done; \
+         test -e /etc/apt/apt.conf.d/90regimage-install && echo apt-conf-left; \
+         grep -q ' /etc/initramfs-tools/update-initramfs.conf ' /proc/self/mountinfo && echo initramfs-conf-mounted; \
+         grep -x 'update_initramfs=yes' /etc/initramfs-tools/update-initramfs.conf",
+    );
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    let status = |p: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{p}=")))
+            .unwrap_or_else(|| panic!("no status line for {p}:\n{out}"))
+    };
+    for recommend in ["buildah", "criu", "gnupg"] {
+        assert_ne!(
+            status(recommend),
+            "installed",
+            "{recommend} (a Recommends) is installed:\n{out}"
+        );
+    }
+    assert_eq!(status("podman"), "installed", "{out}");
+    assert_eq!(
+        lines.last(),
+        Some(&"update_initramfs=yes"),
+        "lean install's settings are left:\n{out}"
+    );
+    assert_eq!(lines.len(), 5, "lean install's settings are left:\n{out}");
+    progress(
+        "packages: no Recommends installed; the install's apt and initramfs settings are undone",
+    );
+}
+
 fn check_ready(vm: &Vm, ports: Ports, inputs: &Inputs, client_dir: &Path) -> Snapshot {
     let client = install_bundle(vm, client_dir, ports);
     let pushed = client.push_and_pull("e2e/hello", "hello from the e2e test\n");
     check_refusals(&client, ports, "e2e/hello");
     check_inside(vm, ports, inputs);
+    check_lean_install(vm);
     let status = status_json(vm);
     let fps = fingerprints(vm);
     // The fingerprints status.json reports are the ones on disk.

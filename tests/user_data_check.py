@@ -51,7 +51,7 @@ def is_str_list(v):
 def check(doc):
     expect(isinstance(doc, dict), f"document is {type(doc).__name__}, not a mapping")
     expect(
-        list(doc) == ["package_update", "packages", "users", "write_files", "runcmd"],
+        list(doc) == ["package_update", "packages", "users", "write_files", "bootcmd", "runcmd"],
         f"top-level keys are {list(doc)}",
     )
     expect(doc["package_update"] is True, "package_update is not the boolean true")
@@ -86,6 +86,12 @@ def check(doc):
             expect(f["encoding"] == "gz+b64", f"{path}: encoding {f['encoding']!r}")
         paths.append(path)
     expect(len(paths) == len(set(paths)), "a path is written twice")
+
+    # bootcmd runs at every boot: its one item (the lean package install) runs once per
+    # instance through cloud-init-per.
+    bootcmd = doc["bootcmd"]
+    expect(isinstance(bootcmd, list) and len(bootcmd) == 1 and is_str_list(bootcmd[0]), f"bootcmd: {bootcmd!r}")
+    expect(bootcmd[0][:2] == ["cloud-init-per", "instance"], f"bootcmd item {bootcmd[0][:3]!r} is not once per instance")
 
     runcmd = doc["runcmd"]
     expect(isinstance(runcmd, list) and runcmd, "runcmd is not a non-empty list")

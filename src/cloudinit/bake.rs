@@ -96,12 +96,13 @@ pub(super) fn bootcmd() -> Vec<Value> {
             MAN_DB_AUTO_UPDATE,
             BAKE_MAN_DB_MARKER,
         ]),
+        super::lean_install::bootcmd(),
         say("booted; cloud-init installs the packages next (the longest step)"),
     ]
 }
 
 /// The environment of [`BAKE_FINISH_SH`].
-fn finish_env() -> [(&'static str, String); 7] {
+fn finish_env() -> [(&'static str, String); 8] {
     [
         ("REGIMAGE_BAKE_PREFIX", BAKE_PROGRESS_PREFIX.into()),
         ("REGIMAGE_BAKE_FAILED", BAKE_FAILED_STEP.into()),
@@ -113,6 +114,10 @@ fn finish_env() -> [(&'static str, String); 7] {
             MAN_DB_AUTO_UPDATE.into(),
         ),
         ("REGIMAGE_BAKE_MAN_DB_MARKER", BAKE_MAN_DB_MARKER.into()),
+        (
+            "REGIMAGE_LEAN_APT_CONF",
+            super::lean_install::LEAN_APT_CONF.into(),
+        ),
     ]
 }
 
@@ -182,7 +187,11 @@ pub(super) fn runcmd(distro: Distro, archive: &DriveExtent, binary: &DriveExtent
     );
     argv.extend(["sh", "-c", BAKE_PAYLOAD_SH, "regimage-bake-payload"].map(String::from));
     argv.extend(distro.info().packages.iter().map(|p| p.to_string()));
-    vec![Value::str("set -eu"), Value::strs(argv)]
+    vec![
+        Value::str("set -eu"),
+        super::lean_install::runcmd(),
+        Value::strs(argv),
+    ]
 }
 
 #[cfg(test)]
@@ -259,7 +268,9 @@ mod tests {
         // runcmd: the payload script with the extents and paths in its environment and the
         // distribution's packages as its arguments.
         let runcmd = items(tree, "runcmd");
-        let Value::Seq(argv) = &runcmd[1] else {
+        // First the lean install is undone, as on the user-data path.
+        assert_eq!(runcmd[1], super::super::lean_install::runcmd());
+        let Value::Seq(argv) = &runcmd[2] else {
             panic!("{runcmd:?}")
         };
         let argv: Vec<&str> = argv
@@ -310,8 +321,13 @@ mod tests {
         // that ran the script can print it.
         let done_line = format!("{BAKE_PROGRESS_PREFIX}{BAKE_DONE_STEP}");
         assert!(!seed.text.contains(&done_line));
-        // The first-boot document has none of this.
-        assert!(first.tree.get("bootcmd").is_none());
+        // Both paths install the packages the same lean way; the first-boot document has
+        // nothing else of this.
+        assert!(bootcmd.contains(&super::super::lean_install::bootcmd()));
+        assert_eq!(
+            items(&first.tree, "bootcmd"),
+            [super::super::lean_install::bootcmd()]
+        );
         assert!(!first.text.contains(BAKE_PROGRESS_PREFIX));
         // The text parses back to the same tree.
         let body = seed.text.split_once('\n').unwrap().1;

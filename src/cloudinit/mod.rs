@@ -20,12 +20,14 @@
 //!
 //! Where each job lives: this file holds the document's tree; `files.rs` the `write_files`
 //! items; `runcmd.rs` the user-data's runcmd; `bake.rs` the bake's bootcmd and runcmd;
-//! `checks.rs` the checks of a binary URL and a sha256. The shell that runs on the guest is
+//! `lean_install.rs` the exact package install both share (no Recommends, no initramfs
+//! rebuild); `checks.rs` the checks of a binary URL and a sha256. The shell that runs on the guest is
 //! in `guest/*.sh`, embedded as it is and given its parameters as arguments or environment.
 
 mod bake;
 mod checks;
 mod files;
+mod lean_install;
 mod runcmd;
 
 use std::collections::HashSet;
@@ -233,6 +235,7 @@ fn tree_for(
     ];
     match mode {
         Mode::FirstBoot(binary) => {
+            tree.push(("bootcmd", Value::Seq(vec![lean_install::bootcmd()])));
             tree.push(("runcmd", Value::Seq(runcmd::runcmd(binary, distro))));
         }
         Mode::Bake { archive, binary } => {
@@ -241,6 +244,17 @@ fn tree_for(
         }
     }
     Ok((Value::map(tree), raw, encoded))
+}
+
+/// A guest script as the user-data carries it: without its comment lines (they stay in
+/// `guest/*.sh`), since the user-data must fit EC2's 16 KiB with `--binary-url`. No guest
+/// script has a line starting with `#` inside a quoted string.
+pub(super) fn without_comments(script: &str) -> String {
+    script
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
 fn system_user(name: &str, gecos: &str, shell: &str) -> Value {
@@ -434,7 +448,9 @@ mod tests {
         );
         // Nothing is downloaded when the binary is embedded.
         assert!(!format!("{runcmd:?}").contains("curl"));
-        assert!(tree.get("bootcmd").is_none());
+        // bootcmd only prepares the lean install; runcmd undoes it before anything else.
+        assert_eq!(items(tree, "bootcmd"), [lean_install::bootcmd()]);
+        assert_eq!(runcmd[1], lean_install::runcmd());
         // The text parses back to the same tree.
         let body = ud.text.split_once('\n').unwrap().1;
         let parsed: serde_json::Value = serde_yaml_ng::from_str(body).unwrap();
@@ -450,11 +466,12 @@ mod tests {
         };
         let ud =
             build_user_data(&Config::default(), &sample_files(), &bin, Distro::Debian13).unwrap();
-        // The install script reaches the document as it is, its parameters beside it.
+        // The install script reaches the document as it is but for its comments, its
+        // parameters beside it.
         let strings = strings_read_back(&ud.text);
         let at = strings
             .iter()
-            .position(|s| s == runcmd::INSTALL_BINARY_SH)
+            .position(|s| *s == without_comments(runcmd::INSTALL_BINARY_SH))
             .expect("install-binary.sh is not in the user-data as it is");
         assert_eq!(
             strings[at + 1..at + 6],

@@ -15,6 +15,8 @@ pub(super) fn runcmd(binary: &BinaryPayload, distro: Distro) -> Vec<Value> {
     let info = distro.info();
     let mut cmds = vec![
         Value::str("set -eu"),
+        // The packages are in: apt and update-initramfs behave as usual again.
+        super::lean_install::runcmd(),
         // The distribution's nginx starts on install and holds port 80; ours is
         // registry-proxy.service with its own config.
         Value::strs(["systemctl", "disable", "--now", info.distro_nginx_unit]),
@@ -25,7 +27,7 @@ pub(super) fn runcmd(binary: &BinaryPayload, distro: Distro) -> Vec<Value> {
         cmds.push(Value::strs([
             "sh",
             "-c",
-            INSTALL_BINARY_SH,
+            &super::without_comments(INSTALL_BINARY_SH),
             "regimage-install-binary",
             url.as_str(),
             sha256.as_str(),
@@ -68,7 +70,7 @@ mod tests {
         let install = Value::strs([
             "sh",
             "-c",
-            INSTALL_BINARY_SH,
+            &crate::cloudinit::without_comments(INSTALL_BINARY_SH),
             "regimage-install-binary",
             "https://example.com/regimage",
             &sha,
@@ -86,6 +88,6 @@ mod tests {
         assert_eq!(embedded.len(), cmds.len() - 1);
         assert!(!embedded
             .iter()
-            .any(|c| matches!(c, Value::Seq(a) if a.contains(&Value::str(INSTALL_BINARY_SH)))));
+            .any(|c| matches!(c, Value::Seq(a) if a.contains(&Value::str(crate::cloudinit::without_comments(INSTALL_BINARY_SH))))));
     }
 }

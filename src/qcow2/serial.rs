@@ -29,6 +29,57 @@ pub struct Observed {
     pub kernel_started: bool,
     /// The kernel's panic line, when it panicked.
     pub kernel_panic: Option<String>,
+    /// apt's package count ("N newly installed") and how far dpkg is.
+    pub packages: PackageProgress,
+}
+
+/// How far cloud-init's package install is, from apt's and dpkg's own console lines.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PackageProgress {
+    pub total: Option<u32>,
+    pub unpacked: u32,
+    pub set_up: u32,
+}
+
+impl PackageProgress {
+    /// Takes in one clean console line; returns the step to show when it was apt's or
+    /// dpkg's, e.g. "packages: 12/40 set up (podman)".
+    fn observe(&mut self, line: &str) -> Option<String> {
+        // cloud-init prefixes its output: "[ 12.3] cloud-init[428]: Setting up ...".
+        let text = line.split_once("]: ").map_or(line, |(_, t)| t).trim();
+        if let Some(head) = text.split_once(" newly installed").map(|(h, _)| h) {
+            let n = head.rsplit(' ').next().and_then(|n| n.parse().ok());
+            if n.is_some() {
+                self.total = n;
+                return Some(format!("packages: downloading {}", self.count(0)));
+            }
+        }
+        let (verb, count) = if let Some(rest) = text.strip_prefix("Unpacking ") {
+            self.unpacked += 1;
+            (("unpacked", rest), self.unpacked)
+        } else if let Some(rest) = text.strip_prefix("Setting up ") {
+            self.set_up += 1;
+            (("set up", rest), self.set_up)
+        } else if let Some(rest) = text.strip_prefix("Processing triggers for ") {
+            (("processing triggers", rest), 0)
+        } else {
+            return None;
+        };
+        let (what, rest) = verb;
+        let package = rest.split([' ', ':']).next().unwrap_or("");
+        Some(if count == 0 {
+            format!("packages: {what} ({package})")
+        } else {
+            format!("packages: {} {what} ({package})", self.count(count))
+        })
+    }
+
+    fn count(&self, n: u32) -> String {
+        match self.total {
+            Some(total) => format!("{n}/{total}"),
+            None => n.to_string(),
+        }
+    }
 }
 
 impl Observed {
@@ -42,6 +93,10 @@ impl Observed {
             self.kernel_panic = Some(line.trim().to_string());
         }
         let Some(pos) = line.find(BAKE_PROGRESS_PREFIX) else {
+            // Between the bake's own steps, the longest wait is the package install.
+            if let Some(step) = self.packages.observe(&line) {
+                self.step = Some(step);
+            }
             return;
         };
         let step = line[pos + BAKE_PROGRESS_PREFIX.len()..].trim().to_string();
@@ -208,6 +263,44 @@ mod tests {
         let mut o = Observed::default();
         o.observe(&format!("{BAKE_PROGRESS_PREFIX}not {BAKE_DONE_STEP}"));
         assert!(!o.done);
+    }
+
+    #[test]
+    fn package_install_shows_a_count() {
+        let mut o = Observed::default();
+        o.observe(&format!(
+            "{BAKE_PROGRESS_PREFIX}booted; cloud-init installs the packages next"
+        ));
+        o.observe("[  626.7] cloud-init[428]: 0 upgraded, 40 newly installed, 0 to remove and 0 not upgraded.\r");
+        assert_eq!(o.step.as_deref(), Some("packages: downloading 0/40"));
+        o.observe("[  700.1] cloud-init[428]: Unpacking nginx-common (1.26.3-3+deb13u11) ...");
+        assert_eq!(
+            o.step.as_deref(),
+            Some("packages: 1/40 unpacked (nginx-common)")
+        );
+        o.observe("[ 1312.9] cloud-init[428]: Setting up libip4tc2:amd64 (1.8.11-2) ...");
+        o.observe("\x1b[0m[ 1313.2] cloud-init[428]: Setting up podman (5.4.2+ds1-2+b2) ...");
+        assert_eq!(o.step.as_deref(), Some("packages: 2/40 set up (podman)"));
+        o.observe("[ 1950.2] cloud-init[428]: Processing triggers for libc-bin (2.41-12) ...");
+        assert_eq!(
+            o.step.as_deref(),
+            Some("packages: processing triggers (libc-bin)")
+        );
+        // Other console lines leave the step alone; the bake's next step replaces it.
+        o.observe("[ 1951.0] systemd[1]: Started something.service.");
+        assert_eq!(
+            o.step.as_deref(),
+            Some("packages: processing triggers (libc-bin)")
+        );
+        o.observe(&format!(
+            "{BAKE_PROGRESS_PREFIX}checking the installed packages"
+        ));
+        assert_eq!(o.step.as_deref(), Some("checking the installed packages"));
+        assert!(!o.done && o.failure.is_none());
+        // Without apt's count line the numbers stand alone.
+        let mut o = Observed::default();
+        o.observe("cloud-init[428]: Setting up curl (8.14.1-2) ...");
+        assert_eq!(o.step.as_deref(), Some("packages: 1 set up (curl)"));
     }
 
     #[test]

@@ -36,10 +36,29 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Ports this test process has handed out: tests running side by side (the VM tests run
+/// two at a time) must not get the same "free" port before either has bound it.
+static CLAIMED_PORTS: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Claims `port` for this process; false when another test of it already has it.
+pub fn claim_port(port: u16) -> bool {
+    CLAIMED_PORTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(port)
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago and that no other test of this
+/// process got.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    l.local_addr().expect("local address").port()
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+        let port = l.local_addr().expect("local address").port();
+        if claim_port(port) {
+            return port;
+        }
+    }
 }
 
 /// Fails the test with the package to install when `tool` is not on PATH.

@@ -2,8 +2,10 @@
 //! copy-on-write overlays, QEMU under TCG (KVM is broken on these machines), SSH into the
 //! guest as cloud-init's default user, the serial console, host-side helper servers (a
 //! Distribution registry as the pinned image's mirror, a one-file HTTP server), and the
-//! timings file. One VM at a time: every VM run holds image/'s machine-wide lock
-//! ($REGIMAGE_TEST_CACHE/.vm.lock), as boot-smoke.sh and the bake do.
+//! timings file. At most two VM runs at a time (one per core; TCG runs a guest CPU on one
+//! host thread): each holds one of the machine-wide slot locks, image/'s
+//! `$REGIMAGE_TEST_CACHE/.vm.lock` (which boot-smoke.sh also takes) or `.vm.lock.1`.
+//! `REGIMAGE_E2E_VMS=1` makes it one at a time.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -34,10 +36,15 @@ pub fn secs(t: Instant) -> f64 {
 }
 
 /// A progress line on stderr (cargo test shows it with --nocapture).
+/// A progress line on stderr, named by the test that prints it (the VM tests run side by
+/// side, so their lines interleave).
 pub fn progress(msg: &str) {
     let now = time::OffsetDateTime::now_utc();
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("e2e");
+    let test = test.rsplit("::").next().unwrap_or(test);
     eprintln!(
-        "{:02}:{:02}:{:02} [e2e] {msg}",
+        "{:02}:{:02}:{:02} [{test}] {msg}",
         now.hour(),
         now.minute(),
         now.second()
@@ -190,39 +197,70 @@ pub fn inputs(timings: &mut Timings) -> Inputs {
 
 // ---- the machine-wide VM lock ----------------------------------------------------------------
 
-/// Held while a VM of this test runs; other VM runs (boot-smoke.sh, a bake, another test)
-/// wait for it.
+/// Held while a VM of this test runs; a third VM run (boot-smoke.sh, another test) waits
+/// for one of the slots.
 pub struct VmLock {
     _lock: nix::fcntl::Flock<File>,
     /// How long this run waited for another one.
     pub waited_seconds: f64,
 }
 
+/// How many VM runs may overlap: `REGIMAGE_E2E_VMS`, default 2 (these machines have two
+/// cores).
+fn vm_slots() -> usize {
+    match std::env::var("REGIMAGE_E2E_VMS") {
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .unwrap_or_else(|| panic!("REGIMAGE_E2E_VMS={v}: expected a whole number >= 1")),
+        Err(_) => 2,
+    }
+}
+
 pub fn vm_lock() -> VmLock {
     let root = cache_root();
     std::fs::create_dir_all(&root).expect("creating the test cache root");
-    let path = root.join(".vm.lock");
-    let file = File::create(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => {
-            return VmLock {
-                _lock: lock,
-                waited_seconds: 0.0,
+    let paths: Vec<PathBuf> = (0..vm_slots())
+        .map(|n| match n {
+            0 => root.join(".vm.lock"),
+            n => root.join(format!(".vm.lock.{n}")),
+        })
+        .collect();
+    let t = Instant::now();
+    let mut said = false;
+    loop {
+        for path in &paths {
+            let file =
+                File::create(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+            if let Ok(lock) =
+                nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            {
+                if said {
+                    progress(&format!(
+                        "got the VM slot {} after {:.0} s",
+                        path.display(),
+                        secs(t)
+                    ));
+                }
+                return VmLock {
+                    _lock: lock,
+                    waited_seconds: secs(t),
+                };
             }
         }
-        Err((file, _)) => file,
-    };
-    progress(&format!(
-        "another VM run holds {}; waiting for it",
-        path.display()
-    ));
-    let t = Instant::now();
-    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", path.display()));
-    progress(&format!("got the VM lock after {:.0} s", secs(t)));
-    VmLock {
-        _lock: lock,
-        waited_seconds: secs(t),
+        if !said {
+            progress(&format!(
+                "every VM slot ({}) is taken by another VM run; waiting",
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            said = true;
+        }
+        std::thread::sleep(Duration::from_secs(2));
     }
 }
 

@@ -14,6 +14,7 @@ payload_done=$REGIMAGE_PAYLOAD_DONE
 dpkg_cfg=$REGIMAGE_BAKE_DPKG_CFG
 man_db_auto_update=$REGIMAGE_BAKE_MAN_DB_AUTO_UPDATE
 man_db_marker=$REGIMAGE_BAKE_MAN_DB_MARKER
+lean_apt_conf=$REGIMAGE_LEAN_APT_CONF
 
 say() { echo "$prefix$*"; }
 fail() {
@@ -60,6 +61,7 @@ left=$(find /etc /root /var/lib/regimage -xdev -type f \( -name 'ssh_host_*' -o 
   -o -path '/etc/ssl/private/*' -o -path '/etc/registry/certs/*' \) 2>/dev/null)
 test -z "$left" || fail "key or certificate files are left in the image: $left"
 test ! -e "$dpkg_cfg" || fail "$dpkg_cfg is left in the image"
+test ! -e "$lean_apt_conf" || fail "$lean_apt_conf is left in the image"
 grep -qx uninitialized /etc/machine-id || fail "/etc/machine-id is not 'uninitialized'"
 test ! -e /var/lib/cloud/instance || fail "cloud-init state is left in /var/lib/cloud"
 # Discarded blocks stay out of the output image.
