@@ -184,6 +184,9 @@ fn read_text(path: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {path} (is ufw installed?)"))
 }
 
+const UFW_USER_RULES: &str = "/etc/ufw/user.rules";
+const UFW_USER6_RULES: &str = "/etc/ufw/user6.rules";
+
 impl System for RealSystem {
     fn host_facts(&self) -> HostFacts {
         HostFacts::gather()
@@ -251,8 +254,8 @@ impl System for RealSystem {
     fn ufw_state(&self) -> Result<UfwState> {
         let conf = read_text("/etc/ufw/ufw.conf")?;
         let defaults = read_text("/etc/default/ufw")?;
-        let mut rules = ufw::parse_rules(&read_text("/etc/ufw/user.rules")?, false);
-        rules.extend(ufw::parse_rules(&read_text("/etc/ufw/user6.rules")?, true));
+        let mut rules = ufw::parse_rules(&read_text(UFW_USER_RULES)?, false);
+        rules.extend(ufw::parse_rules(&read_text(UFW_USER6_RULES)?, true));
         Ok(UfwState {
             enabled: ufw::conf_value(&conf, "ENABLED").is_some_and(|v| v == "yes"),
             default_input: ufw::conf_value(&defaults, "DEFAULT_INPUT_POLICY").unwrap_or_default(),
@@ -379,6 +382,26 @@ impl System for RealSystem {
                 .run()
                 .with_context(|| format!("enabling {unit} for user managers")),
         }
+    }
+
+    fn ufw_write_rules(&self, edits: &[UfwCommand], ipv6: bool) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for (path, v6) in [(UFW_USER_RULES, false), (UFW_USER6_RULES, true)] {
+            let text = read_text(path)?;
+            let new = ufw::edit_rules(&text, v6, ipv6, edits)
+                .with_context(|| format!("editing {path}"))?;
+            if new == text {
+                continue;
+            }
+            // ufw's own mode for the file (0640 from the package) stays.
+            let mode = std::fs::metadata(path)
+                .with_context(|| format!("inspecting {path}"))?
+                .permissions()
+                .mode()
+                & 0o7777;
+            crate::fsutil::write_atomic(Path::new(path), new.as_bytes(), mode)?;
+        }
+        Ok(())
     }
 
     fn ufw(&self, command_: &UfwCommand) -> Result<()> {

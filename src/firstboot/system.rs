@@ -154,6 +154,11 @@ pub trait System {
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()>;
     /// Enables the unit so its manager starts it at every boot.
     fn enable_unit(&self, manager: Manager, unit: &str) -> Result<()>;
+    /// Makes the `Allow` and `Delete` edits in ufw's rules files (user.rules, user6.rules),
+    /// each file written atomically; a running firewall enforces them after the next
+    /// enable or reload. `ipv6` is ufw's IPV6 setting.
+    fn ufw_write_rules(&self, edits: &[UfwCommand], ipv6: bool) -> Result<()>;
+    /// Runs ufw: enable, reload, the default policy.
     fn ufw(&self, command: &UfwCommand) -> Result<()>;
     /// `podman load` of an archive into the user's storage.
     fn podman_load(&self, user: &PodmanUser, archive: &Path) -> Result<()>;
@@ -225,6 +230,9 @@ impl System for ReadOnly<'_> {
     }
     fn enable_unit(&self, _: Manager, _: &str) -> Result<()> {
         refuse("enable a unit")
+    }
+    fn ufw_write_rules(&self, _: &[UfwCommand], _: bool) -> Result<()> {
+        refuse("write firewall rules")
     }
     fn ufw(&self, _: &UfwCommand) -> Result<()> {
         refuse("change the firewall")
@@ -321,6 +329,9 @@ mod tests {
             fn enable_unit(&self, _: Manager, _: &str) -> Result<()> {
                 panic!("reached the real system")
             }
+            fn ufw_write_rules(&self, _: &[UfwCommand], _: bool) -> Result<()> {
+                panic!("reached the real system")
+            }
             fn ufw(&self, _: &UfwCommand) -> Result<()> {
                 panic!("reached the real system")
             }
@@ -357,6 +368,7 @@ mod tests {
             ro.enable_linger(1),
             ro.start_unit(Manager::System, "x"),
             ro.enable_unit(Manager::System, "x"),
+            ro.ufw_write_rules(&[], true),
             ro.ufw(&UfwCommand::Enable),
             ro.podman_load(&user, Path::new("/x")),
             ro.podman_pull(&user, "x"),
