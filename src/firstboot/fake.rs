@@ -271,17 +271,28 @@ impl System for FakeSystem {
             }
             .into(),
             sub_state: if u.active { "running" } else { "dead" }.into(),
-            unit_file_state: if unit.starts_with("user@") {
-                "unknown".into()
-            } else if u.enabled {
-                "enabled".into()
-            } else {
-                "disabled".into()
-            },
+            need_daemon_reload: false,
             job_pending: self.proxy_job_held.get()
                 && manager == Manager::System
                 && unit == "registry-proxy.service",
         })
+    }
+
+    fn unit_file_state(&self, manager: Manager, unit: &str) -> Result<String> {
+        self.look(format!("unit_file_state {manager:?} {unit}"));
+        let state = self.state.borrow();
+        let enabled = state
+            .units
+            .get(&(manager, unit.to_string()))
+            .is_some_and(|u| u.enabled);
+        Ok(if unit.starts_with("user@") {
+            "unknown"
+        } else if enabled {
+            "enabled"
+        } else {
+            "disabled"
+        }
+        .into())
     }
 
     fn ufw_state(&self) -> Result<UfwState> {
@@ -380,6 +391,10 @@ impl System for FakeSystem {
         self.change(format!("enable_linger {uid}"))?;
         self.state.borrow_mut().linger.insert(uid);
         Ok(())
+    }
+
+    fn daemon_reload(&self, manager: Manager) -> Result<()> {
+        self.change(format!("daemon_reload {manager:?}"))
     }
 
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()> {

@@ -101,7 +101,7 @@ fn property<'a>(props: &'a [(String, String)], key: &str) -> &'a str {
         .map_or("", |(_, v)| v.as_str())
 }
 
-/// The unit's state from `systemctl show` output; `unit_file_state` is read apart.
+/// The unit's state from `systemctl show` output.
 fn status_from_properties(
     props: &[(String, String)],
     manager: Manager,
@@ -115,9 +115,9 @@ fn status_from_properties(
         load_state: load_state.to_string(),
         active_state: property(props, "ActiveState").to_string(),
         sub_state: property(props, "SubState").to_string(),
-        unit_file_state: "unknown".into(),
         // `Job=` is empty (or left out) without a queued job, else the job's id.
         job_pending: !matches!(property(props, "Job"), "" | "0"),
+        need_daemon_reload: property(props, "NeedDaemonReload") == "yes",
     })
 }
 
@@ -222,9 +222,11 @@ impl System for RealSystem {
     }
 
     fn unit_status(&self, manager: Manager, unit: &str) -> Result<UnitStatus> {
-        let mut status = status_from_properties(&unit_properties(manager, unit)?, manager, unit)?;
-        status.unit_file_state = unit_file_state(manager, unit)?;
-        Ok(status)
+        status_from_properties(&unit_properties(manager, unit)?, manager, unit)
+    }
+
+    fn unit_file_state(&self, manager: Manager, unit: &str) -> Result<String> {
+        unit_file_state(manager, unit)
     }
 
     fn ssh_ports(&self) -> Result<Option<Vec<u16>>> {
@@ -353,14 +355,14 @@ impl System for RealSystem {
             .with_context(|| format!("enabling lingering for uid {uid} through logind"))
     }
 
+    fn daemon_reload(&self, manager: Manager) -> Result<()> {
+        systemctl(manager)
+            .arg("daemon-reload")
+            .run()
+            .with_context(|| format!("reloading {manager}"))
+    }
+
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()> {
-        // Unit files written after the manager loaded them (cloud-init) need a reload first.
-        if property(&unit_properties(manager, unit)?, "NeedDaemonReload") == "yes" {
-            systemctl(manager)
-                .arg("daemon-reload")
-                .run()
-                .with_context(|| format!("reloading {manager} for {unit}"))?;
-        }
         // --no-block: queue the start job (mode replace) and return; callers wait themselves.
         systemctl(manager)
             .args(["start", "--no-block", unit])
@@ -370,9 +372,10 @@ impl System for RealSystem {
 
     fn enable_unit(&self, manager: Manager, unit: &str) -> Result<()> {
         match manager {
-            // `enable` links the unit and reloads the manager so it sees the link.
+            // --no-reload: the link is for later boots, which read it at startup; the
+            // manager's own reload (seconds under TCG) would buy this boot nothing.
             Manager::System => systemctl(manager)
-                .args(["enable", unit])
+                .args(["enable", "--no-reload", unit])
                 .run()
                 .with_context(|| format!("enabling {unit}")),
             // Enabling in the user manager would link into the user's ~/.config; --global
@@ -536,12 +539,14 @@ mod tests {
                 load_state: "loaded".into(),
                 active_state: "inactive".into(),
                 sub_state: "dead".into(),
-                unit_file_state: "unknown".into(),
                 job_pending: false,
+                need_daemon_reload: false,
             }
         );
         assert!(!status.is_up());
-        assert_eq!(property(&idle, "NeedDaemonReload"), "no");
+        let changed = parse_properties("LoadState=loaded\nNeedDaemonReload=yes\n");
+        let status = status_from_properties(&changed, manager, "registry.service").unwrap();
+        assert!(status.need_daemon_reload);
         // A queued start job shows its id; an empty Job= may also be left out.
         let starting = parse_properties("LoadState=loaded\nActiveState=activating\nJob=42\n");
         let status = status_from_properties(&starting, manager, "registry.service").unwrap();

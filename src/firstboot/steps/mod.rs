@@ -56,7 +56,11 @@ const REGISTRY_UNIT: &str = "registry.service";
 const PROXY_UNIT: &str = "registry-proxy.service";
 /// How long user@UID.service may take to come up (TCG machines are slow).
 const USER_MANAGER_TIMEOUT: Duration = Duration::from_secs(120);
-const POLL: Duration = Duration::from_secs(1);
+/// How often a wait looks again: short, since a ready service should not wait out a long
+/// sleep; the waits bound the total (issue 9).
+const POLL: Duration = Duration::from_millis(200);
+/// How often a wait whose cheap check fails asks systemd (a process) instead.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the steps share: inputs, results of earlier steps, and the current step's changes.
 pub struct Ctx<'a> {

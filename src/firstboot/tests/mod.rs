@@ -18,6 +18,7 @@ use super::ufw::UfwCommand;
 use super::*;
 use crate::oci_archive::PinMismatch;
 
+mod calls;
 mod crash;
 mod dry_run;
 mod existing;
