@@ -35,7 +35,11 @@ pub struct FakeState {
     pub owners: BTreeMap<PathBuf, (u32, u32)>,
     pub linger: BTreeSet<u32>,
     pub units: BTreeMap<(Manager, String), FakeUnit>,
+    /// ufw's files: settings and the rules in user.rules and user6.rules.
     pub ufw: UfwState,
+    /// The rules the running firewall enforces: the files' rules at the last enable or
+    /// reload (empty while ufw is off).
+    pub ufw_live: Vec<UfwRule>,
     /// Images per uid.
     pub images: BTreeMap<u32, Vec<PodmanImage>>,
 }
@@ -55,6 +59,7 @@ impl Default for FakeState {
                 ipv6: true,
                 rules: Vec::new(),
             },
+            ufw_live: Vec::new(),
             images: BTreeMap::new(),
         }
     }
@@ -266,17 +271,28 @@ impl System for FakeSystem {
             }
             .into(),
             sub_state: if u.active { "running" } else { "dead" }.into(),
-            unit_file_state: if unit.starts_with("user@") {
-                "unknown".into()
-            } else if u.enabled {
-                "enabled".into()
-            } else {
-                "disabled".into()
-            },
+            need_daemon_reload: false,
             job_pending: self.proxy_job_held.get()
                 && manager == Manager::System
                 && unit == "registry-proxy.service",
         })
+    }
+
+    fn unit_file_state(&self, manager: Manager, unit: &str) -> Result<String> {
+        self.look(format!("unit_file_state {manager:?} {unit}"));
+        let state = self.state.borrow();
+        let enabled = state
+            .units
+            .get(&(manager, unit.to_string()))
+            .is_some_and(|u| u.enabled);
+        Ok(if unit.starts_with("user@") {
+            "unknown"
+        } else if enabled {
+            "enabled"
+        } else {
+            "disabled"
+        }
+        .into())
     }
 
     fn ufw_state(&self) -> Result<UfwState> {
@@ -377,6 +393,10 @@ impl System for FakeSystem {
         Ok(())
     }
 
+    fn daemon_reload(&self, manager: Manager) -> Result<()> {
+        self.change(format!("daemon_reload {manager:?}"))
+    }
+
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()> {
         self.change(format!("start_unit {manager:?} {unit}"))?;
         if !known_unit(manager, unit) {
@@ -431,30 +451,63 @@ impl System for FakeSystem {
         Ok(())
     }
 
+    fn ufw_write_rules(&self, edits: &[UfwCommand], ipv6: bool) -> Result<()> {
+        let what: Vec<String> = edits.iter().map(UfwCommand::describe).collect();
+        self.change(format!("ufw_write_rules {}", what.join(", ")))?;
+        let mut state = self.state.borrow_mut();
+        let rules = &mut state.ufw.rules;
+        for edit in edits {
+            match edit {
+                UfwCommand::Allow { .. } => {
+                    for rule in edit.stored_rules(ipv6) {
+                        // ufw skips an identical rule and updates one that differs in comment.
+                        let same = |r: &UfwRule| UfwRule {
+                            comment: None,
+                            ..r.clone()
+                        };
+                        match rules.iter_mut().find(|r| same(r) == same(&rule)) {
+                            Some(existing) => existing.comment = rule.comment.clone(),
+                            None => rules.push(rule),
+                        }
+                    }
+                }
+                UfwCommand::Delete(rule) => {
+                    let args = rule.delete_args();
+                    rules.retain(|r| r.delete_args() != args);
+                }
+                other => bail!("ufw_write_rules got {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
     fn ufw(&self, command: &UfwCommand) -> Result<()> {
         self.change(format!("ufw {}", command.args().join(" ")))?;
         let mut state = self.state.borrow_mut();
-        let ufw = &mut state.ufw;
+        let state = &mut *state;
         match command {
-            UfwCommand::Allow { .. } => {
-                for rule in command.stored_rules(ufw.ipv6) {
-                    // ufw skips an identical rule and updates one that differs in comment.
-                    let same = |r: &UfwRule| UfwRule {
-                        comment: None,
-                        ..r.clone()
-                    };
-                    match ufw.rules.iter_mut().find(|r| same(r) == same(&rule)) {
-                        Some(existing) => existing.comment = rule.comment.clone(),
-                        None => ufw.rules.push(rule),
-                    }
+            // First boot writes rules in one go (ufw_write_rules); one ufw start per rule
+            // is what issue 9 took out.
+            UfwCommand::Allow { .. } | UfwCommand::Delete(_) => {
+                bail!("a ufw start per rule: {command:?}")
+            }
+            // ufw reloads an enabled firewall after changing the policy.
+            UfwCommand::DefaultDenyIncoming => {
+                state.ufw.default_input = "DROP".into();
+                if state.ufw.enabled {
+                    state.ufw_live = state.ufw.rules.clone();
                 }
             }
-            UfwCommand::Delete(rule) => {
-                let args = rule.delete_args();
-                ufw.rules.retain(|r| r.delete_args() != args);
+            UfwCommand::Enable => {
+                state.ufw.enabled = true;
+                state.ufw_live = state.ufw.rules.clone();
             }
-            UfwCommand::DefaultDenyIncoming => ufw.default_input = "DROP".into(),
-            UfwCommand::Enable => ufw.enabled = true,
+            // "Firewall not enabled (skipping reload)" otherwise.
+            UfwCommand::Reload => {
+                if state.ufw.enabled {
+                    state.ufw_live = state.ufw.rules.clone();
+                }
+            }
         }
         Ok(())
     }

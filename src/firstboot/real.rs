@@ -101,7 +101,7 @@ fn property<'a>(props: &'a [(String, String)], key: &str) -> &'a str {
         .map_or("", |(_, v)| v.as_str())
 }
 
-/// The unit's state from `systemctl show` output; `unit_file_state` is read apart.
+/// The unit's state from `systemctl show` output.
 fn status_from_properties(
     props: &[(String, String)],
     manager: Manager,
@@ -115,9 +115,9 @@ fn status_from_properties(
         load_state: load_state.to_string(),
         active_state: property(props, "ActiveState").to_string(),
         sub_state: property(props, "SubState").to_string(),
-        unit_file_state: "unknown".into(),
         // `Job=` is empty (or left out) without a queued job, else the job's id.
         job_pending: !matches!(property(props, "Job"), "" | "0"),
+        need_daemon_reload: property(props, "NeedDaemonReload") == "yes",
     })
 }
 
@@ -184,6 +184,9 @@ fn read_text(path: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {path} (is ufw installed?)"))
 }
 
+const UFW_USER_RULES: &str = "/etc/ufw/user.rules";
+const UFW_USER6_RULES: &str = "/etc/ufw/user6.rules";
+
 impl System for RealSystem {
     fn host_facts(&self) -> HostFacts {
         HostFacts::gather()
@@ -219,9 +222,11 @@ impl System for RealSystem {
     }
 
     fn unit_status(&self, manager: Manager, unit: &str) -> Result<UnitStatus> {
-        let mut status = status_from_properties(&unit_properties(manager, unit)?, manager, unit)?;
-        status.unit_file_state = unit_file_state(manager, unit)?;
-        Ok(status)
+        status_from_properties(&unit_properties(manager, unit)?, manager, unit)
+    }
+
+    fn unit_file_state(&self, manager: Manager, unit: &str) -> Result<String> {
+        unit_file_state(manager, unit)
     }
 
     fn ssh_ports(&self) -> Result<Option<Vec<u16>>> {
@@ -251,8 +256,8 @@ impl System for RealSystem {
     fn ufw_state(&self) -> Result<UfwState> {
         let conf = read_text("/etc/ufw/ufw.conf")?;
         let defaults = read_text("/etc/default/ufw")?;
-        let mut rules = ufw::parse_rules(&read_text("/etc/ufw/user.rules")?, false);
-        rules.extend(ufw::parse_rules(&read_text("/etc/ufw/user6.rules")?, true));
+        let mut rules = ufw::parse_rules(&read_text(UFW_USER_RULES)?, false);
+        rules.extend(ufw::parse_rules(&read_text(UFW_USER6_RULES)?, true));
         Ok(UfwState {
             enabled: ufw::conf_value(&conf, "ENABLED").is_some_and(|v| v == "yes"),
             default_input: ufw::conf_value(&defaults, "DEFAULT_INPUT_POLICY").unwrap_or_default(),
@@ -350,14 +355,14 @@ impl System for RealSystem {
             .with_context(|| format!("enabling lingering for uid {uid} through logind"))
     }
 
+    fn daemon_reload(&self, manager: Manager) -> Result<()> {
+        systemctl(manager)
+            .arg("daemon-reload")
+            .run()
+            .with_context(|| format!("reloading {manager}"))
+    }
+
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()> {
-        // Unit files written after the manager loaded them (cloud-init) need a reload first.
-        if property(&unit_properties(manager, unit)?, "NeedDaemonReload") == "yes" {
-            systemctl(manager)
-                .arg("daemon-reload")
-                .run()
-                .with_context(|| format!("reloading {manager} for {unit}"))?;
-        }
         // --no-block: queue the start job (mode replace) and return; callers wait themselves.
         systemctl(manager)
             .args(["start", "--no-block", unit])
@@ -367,9 +372,10 @@ impl System for RealSystem {
 
     fn enable_unit(&self, manager: Manager, unit: &str) -> Result<()> {
         match manager {
-            // `enable` links the unit and reloads the manager so it sees the link.
+            // --no-reload: the link is for later boots, which read it at startup; the
+            // manager's own reload (seconds under TCG) would buy this boot nothing.
             Manager::System => systemctl(manager)
-                .args(["enable", unit])
+                .args(["enable", "--no-reload", unit])
                 .run()
                 .with_context(|| format!("enabling {unit}")),
             // Enabling in the user manager would link into the user's ~/.config; --global
@@ -379,6 +385,26 @@ impl System for RealSystem {
                 .run()
                 .with_context(|| format!("enabling {unit} for user managers")),
         }
+    }
+
+    fn ufw_write_rules(&self, edits: &[UfwCommand], ipv6: bool) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for (path, v6) in [(UFW_USER_RULES, false), (UFW_USER6_RULES, true)] {
+            let text = read_text(path)?;
+            let new = ufw::edit_rules(&text, v6, ipv6, edits)
+                .with_context(|| format!("editing {path}"))?;
+            if new == text {
+                continue;
+            }
+            // ufw's own mode for the file (0640 from the package) stays.
+            let mode = std::fs::metadata(path)
+                .with_context(|| format!("inspecting {path}"))?
+                .permissions()
+                .mode()
+                & 0o7777;
+            crate::fsutil::write_atomic(Path::new(path), new.as_bytes(), mode)?;
+        }
+        Ok(())
     }
 
     fn ufw(&self, command_: &UfwCommand) -> Result<()> {
@@ -513,12 +539,14 @@ mod tests {
                 load_state: "loaded".into(),
                 active_state: "inactive".into(),
                 sub_state: "dead".into(),
-                unit_file_state: "unknown".into(),
                 job_pending: false,
+                need_daemon_reload: false,
             }
         );
         assert!(!status.is_up());
-        assert_eq!(property(&idle, "NeedDaemonReload"), "no");
+        let changed = parse_properties("LoadState=loaded\nNeedDaemonReload=yes\n");
+        let status = status_from_properties(&changed, manager, "registry.service").unwrap();
+        assert!(status.need_daemon_reload);
         // A queued start job shows its id; an empty Job= may also be left out.
         let starting = parse_properties("LoadState=loaded\nActiveState=activating\nJob=42\n");
         let status = status_from_properties(&starting, manager, "registry.service").unwrap();

@@ -59,10 +59,10 @@ pub struct UnitStatus {
     /// `active`, `activating`, `inactive`, `failed`, ...
     pub active_state: String,
     pub sub_state: String,
-    /// `enabled`, `disabled`, `static`, ... (`unknown` when systemd cannot tell).
-    pub unit_file_state: String,
     /// A job (a start, say) is queued for the unit.
     pub job_pending: bool,
+    /// The unit file changed since the manager loaded it: reload before starting it.
+    pub need_daemon_reload: bool,
 }
 
 impl UnitStatus {
@@ -132,7 +132,11 @@ pub trait System {
     fn file_owner(&self, path: &Path) -> Result<(u32, u32)>;
     /// Whether logind keeps the user's manager running without a session.
     fn linger_enabled(&self, user: &str) -> Result<bool>;
+    /// What the manager says about the unit (one `systemctl show`).
     fn unit_status(&self, manager: Manager, unit: &str) -> Result<UnitStatus>;
+    /// `enabled`, `disabled`, `static`, ... (`unknown` when systemd cannot tell); for a
+    /// user manager, as enabled for every user (`--global`).
+    fn unit_file_state(&self, manager: Manager, unit: &str) -> Result<String>;
     /// ufw's settings and rules as stored on disk.
     fn ufw_state(&self) -> Result<UfwState>;
     /// The ports sshd listens on, as `sshd -T` says; `None` when sshd is not installed.
@@ -150,10 +154,17 @@ pub trait System {
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> Result<()>;
     /// logind SetUserLinger(uid, true, false).
     fn enable_linger(&self, uid: u32) -> Result<()>;
+    /// Makes the manager load changed unit files (see [`UnitStatus::need_daemon_reload`]).
+    fn daemon_reload(&self, manager: Manager) -> Result<()>;
     /// Queues a start job (mode `replace`); does not wait for it.
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()>;
     /// Enables the unit so its manager starts it at every boot.
     fn enable_unit(&self, manager: Manager, unit: &str) -> Result<()>;
+    /// Makes the `Allow` and `Delete` edits in ufw's rules files (user.rules, user6.rules),
+    /// each file written atomically; a running firewall enforces them after the next
+    /// enable or reload. `ipv6` is ufw's IPV6 setting.
+    fn ufw_write_rules(&self, edits: &[UfwCommand], ipv6: bool) -> Result<()>;
+    /// Runs ufw: enable, reload, the default policy.
     fn ufw(&self, command: &UfwCommand) -> Result<()>;
     /// `podman load` of an archive into the user's storage.
     fn podman_load(&self, user: &PodmanUser, archive: &Path) -> Result<()>;
@@ -190,6 +201,9 @@ impl System for ReadOnly<'_> {
     fn unit_status(&self, manager: Manager, unit: &str) -> Result<UnitStatus> {
         self.0.unit_status(manager, unit)
     }
+    fn unit_file_state(&self, manager: Manager, unit: &str) -> Result<String> {
+        self.0.unit_file_state(manager, unit)
+    }
     fn ufw_state(&self) -> Result<UfwState> {
         self.0.ufw_state()
     }
@@ -220,11 +234,17 @@ impl System for ReadOnly<'_> {
     fn enable_linger(&self, _: u32) -> Result<()> {
         refuse("enable lingering")
     }
+    fn daemon_reload(&self, _: Manager) -> Result<()> {
+        refuse("reload a manager")
+    }
     fn start_unit(&self, _: Manager, _: &str) -> Result<()> {
         refuse("start a unit")
     }
     fn enable_unit(&self, _: Manager, _: &str) -> Result<()> {
         refuse("enable a unit")
+    }
+    fn ufw_write_rules(&self, _: &[UfwCommand], _: bool) -> Result<()> {
+        refuse("write firewall rules")
     }
     fn ufw(&self, _: &UfwCommand) -> Result<()> {
         refuse("change the firewall")
@@ -287,6 +307,9 @@ mod tests {
             fn unit_status(&self, _: Manager, _: &str) -> Result<UnitStatus> {
                 bail!("no")
             }
+            fn unit_file_state(&self, _: Manager, _: &str) -> Result<String> {
+                bail!("no")
+            }
             fn ufw_state(&self) -> Result<UfwState> {
                 Ok(UfwState::default())
             }
@@ -315,10 +338,16 @@ mod tests {
             fn enable_linger(&self, _: u32) -> Result<()> {
                 panic!("reached the real system")
             }
+            fn daemon_reload(&self, _: Manager) -> Result<()> {
+                panic!("reached the real system")
+            }
             fn start_unit(&self, _: Manager, _: &str) -> Result<()> {
                 panic!("reached the real system")
             }
             fn enable_unit(&self, _: Manager, _: &str) -> Result<()> {
+                panic!("reached the real system")
+            }
+            fn ufw_write_rules(&self, _: &[UfwCommand], _: bool) -> Result<()> {
                 panic!("reached the real system")
             }
             fn ufw(&self, _: &UfwCommand) -> Result<()> {
@@ -355,8 +384,10 @@ mod tests {
             ro.create_group("x"),
             ro.chown(Path::new("/x"), 1, 1),
             ro.enable_linger(1),
+            ro.daemon_reload(Manager::System),
             ro.start_unit(Manager::System, "x"),
             ro.enable_unit(Manager::System, "x"),
+            ro.ufw_write_rules(&[], true),
             ro.ufw(&UfwCommand::Enable),
             ro.podman_load(&user, Path::new("/x")),
             ro.podman_pull(&user, "x"),

@@ -1,9 +1,14 @@
-//! Step 6: ufw, with SSH kept reachable on the ports sshd listens on.
+//! Step 6: ufw, with SSH kept reachable on the ports sshd listens on. The rules go into
+//! ufw's files in one atomic write per file and ufw loads them once (enable or reload).
 
-use anyhow::Result;
+use std::path::Path;
 
-use super::Ctx;
-use crate::firstboot::ufw::{self, Wanted};
+use anyhow::{Context, Result};
+
+use super::{Ctx, STATE_DIR_MODE, UFW_RELOAD_PENDING_PATH};
+use crate::cloudinit;
+use crate::firstboot::ufw::{self, UfwCommand, Wanted};
+use crate::fsutil;
 
 /// Step 6: ufw. SSH stays reachable, the pull port opens, the push port only for the
 /// configured networks, the registry port never; deny by default; enabled last.
@@ -35,7 +40,9 @@ pub fn firewall(ctx: &mut Ctx<'_>) -> Result<()> {
     };
     let state = ctx.sys.ufw_state()?;
     let commands = ufw::plan(&state, &wanted);
-    if commands.is_empty() {
+    let pending = ctx.path(UFW_RELOAD_PENDING_PATH);
+    let reload_pending = state.enabled && pending.exists();
+    if commands.is_empty() && !reload_pending {
         ctx.note(format!(
             "ufw is enabled with every rule in place (ssh {})",
             ssh_ports
@@ -44,9 +51,45 @@ pub fn firewall(ctx: &mut Ctx<'_>) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        return Ok(());
     }
-    for command in commands {
-        ctx.change(command.describe(), move |sys| sys.ufw(&command))?;
+    let (edits, others): (Vec<UfwCommand>, Vec<UfwCommand>) = commands
+        .into_iter()
+        .partition(|c| matches!(c, UfwCommand::Allow { .. } | UfwCommand::Delete(_)));
+    // Every rule in one write of ufw's files, then one ufw start that loads them: an
+    // enabled firewall reloads (the policy change reloads too), a disabled one is enabled.
+    let mut load = others;
+    if state.enabled && !load.contains(&UfwCommand::DefaultDenyIncoming) {
+        load.push(UfwCommand::Reload);
+    }
+    if !edits.is_empty() {
+        let what = edits.iter().map(UfwCommand::describe).collect();
+        let state_dir = ctx.path(cloudinit::STATE_DIR);
+        let (p, ipv6, enabled) = (pending.clone(), state.ipv6, state.enabled);
+        ctx.change_all(what, move |sys| {
+            // An enabled firewall enforces the new files only after the reload; the marker
+            // makes a run killed in between reload.
+            if enabled {
+                fsutil::ensure_dir(&state_dir, STATE_DIR_MODE)?;
+                fsutil::write_atomic(&p, b"", 0o600)?;
+            }
+            sys.ufw_write_rules(&edits, ipv6)
+        })?;
+    }
+    for command in load {
+        let p = pending.clone();
+        ctx.change(command.describe(), move |sys| {
+            sys.ufw(&command)?;
+            remove_if_present(&p)
+        })?;
     }
     Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
 }

@@ -42,6 +42,9 @@ pub const IMAGE_ARCHIVE_PATH: &str = cloudinit::REGISTRY_ARCHIVE_PATH;
 /// Left while Podman's storage still has to learn new subordinate ids (`podman system
 /// migrate`), so a kill between writing /etc/subuid and migrating is not forgotten.
 pub const MIGRATE_PENDING_PATH: &str = "/var/lib/regimage/podman-migrate.pending";
+/// Left while an enabled firewall has not yet loaded the rules first boot wrote to its
+/// files, so a kill between the write and `ufw reload` is not forgotten.
+pub const UFW_RELOAD_PENDING_PATH: &str = "/var/lib/regimage/ufw-reload.pending";
 /// Home of the users first boot creates: none (the same as the cloud-init users).
 pub const USER_HOME: &str = cloudinit::SYSTEM_USER_HOME;
 const NOLOGIN: &str = "/usr/sbin/nologin";
@@ -53,7 +56,11 @@ const REGISTRY_UNIT: &str = "registry.service";
 const PROXY_UNIT: &str = "registry-proxy.service";
 /// How long user@UID.service may take to come up (TCG machines are slow).
 const USER_MANAGER_TIMEOUT: Duration = Duration::from_secs(120);
-const POLL: Duration = Duration::from_secs(1);
+/// How often a wait looks again: short, since a ready service should not wait out a long
+/// sleep; the waits bound the total (issue 9).
+const POLL: Duration = Duration::from_millis(200);
+/// How often a wait whose cheap check fails asks systemd (a process) instead.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the steps share: inputs, results of earlier steps, and the current step's changes.
 pub struct Ctx<'a> {
@@ -103,6 +110,22 @@ impl<'a> Ctx<'a> {
             tracing::info!("changed: {what}");
         }
         self.changes.push(what);
+        Ok(())
+    }
+
+    /// Like [`Ctx::change`] for several changes made by one action (`f` runs once).
+    fn change_all(
+        &mut self,
+        whats: Vec<String>,
+        f: impl FnOnce(&dyn System) -> Result<()>,
+    ) -> Result<()> {
+        if !self.opts.dry_run {
+            f(self.sys)?;
+            for what in &whats {
+                tracing::info!("changed: {what}");
+            }
+        }
+        self.changes.extend(whats);
         Ok(())
     }
 

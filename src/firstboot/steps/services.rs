@@ -1,8 +1,11 @@
 //! Steps 7 and 8: the registry and the proxy enabled and started, then checked over TLS.
 
+use std::cell::RefCell;
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 
-use super::{Ctx, PROXY_UNIT, REGISTRY_UNIT};
+use super::{Ctx, PROXY_UNIT, REGISTRY_UNIT, STATUS_INTERVAL};
 use crate::bundle;
 use crate::firstboot::system::{Manager, Probe};
 use crate::pki::PkiPaths;
@@ -31,13 +34,18 @@ pub fn services(ctx: &mut Ctx<'_>) -> Result<()> {
                  puts it in place"
             );
         }
-        if status.unit_file_state != "enabled" {
+        if ctx.sys.unit_file_state(manager, unit)? != "enabled" {
             ctx.change(format!("enable {unit} in {manager}"), move |sys| {
                 sys.enable_unit(manager, unit)
             })?;
         }
         if !status.is_up() {
+            let reload = status.need_daemon_reload;
             ctx.change(format!("start {unit} in {manager}"), move |sys| {
+                // Unit files written after the manager loaded them (cloud-init).
+                if reload {
+                    sys.daemon_reload(manager)?;
+                }
                 sys.start_unit(manager, unit)
             })?;
         }
@@ -92,32 +100,46 @@ pub fn health(ctx: &mut Ctx<'_>) -> Result<()> {
     );
     let start = sys.elapsed();
     let left = || timeout.saturating_sub(sys.elapsed().saturating_sub(start));
+    // The unit's state, asked of systemd about once a second (a process, under TCG up to
+    // a second of the one CPU the services start on): when it was asked and what it said.
+    let asked: RefCell<Option<(Duration, String)>> = RefCell::new(None);
     let probe = |probe: &Probe,
                  unit_manager: Manager,
                  unit: &str,
                  hint: &str,
                  what: &str|
      -> Result<Option<String>> {
-        let status = sys.unit_status(unit_manager, unit)?;
-        if status.active_state == "failed" {
-            bail!("{what} is not up: {unit} failed; {hint}");
-        }
+        // The answer first: a ready service costs one request, no systemctl.
         let answer = match sys.http_status(probe) {
             Ok(200) => return Ok(None),
             Ok(code) => format!("HTTP {code}"),
             Err(e) => format!("{e:#}"),
         };
-        // A start job that never runs is held by an ordering dependency; one on
-        // regimage-firstboot.service would hold it until this run gives up.
-        Ok(Some(if status.job_pending && !status.is_up() {
-            format!(
-                "{answer}; {unit} is {} with its start job still queued (is it ordered after \
-                 regimage-firstboot.service?)",
-                status.active_state
-            )
-        } else {
-            format!("{answer}; {unit} is {}", status.active_state)
-        }))
+        let now = sys.elapsed();
+        let mut asked = asked.borrow_mut();
+        let state = match &*asked {
+            Some((at, state)) if now.saturating_sub(*at) < STATUS_INTERVAL => state.clone(),
+            _ => {
+                let status = sys.unit_status(unit_manager, unit)?;
+                if status.active_state == "failed" {
+                    bail!("{what} is not up: {unit} failed; {hint}");
+                }
+                // A start job that never runs is held by an ordering dependency; one on
+                // regimage-firstboot.service would hold it until this run gives up.
+                let state = if status.job_pending && !status.is_up() {
+                    format!(
+                        "{unit} is {} with its start job still queued (is it ordered after \
+                         regimage-firstboot.service?)",
+                        status.active_state
+                    )
+                } else {
+                    format!("{unit} is {}", status.active_state)
+                };
+                *asked = Some((now, state.clone()));
+                state
+            }
+        };
+        Ok(Some(format!("{answer}; {state}")))
     };
     ctx.wait(
         left(),
@@ -129,6 +151,7 @@ pub fn health(ctx: &mut Ctx<'_>) -> Result<()> {
             )
         },
     )?;
+    asked.replace(None);
     ctx.wait(
         left(),
         || probe(&pull_probe, Manager::System, PROXY_UNIT, &proxy_hint, "the TLS proxy"),

@@ -5,7 +5,7 @@ use std::fs;
 
 use anyhow::{bail, Context, Result};
 
-use super::{Ctx, IMAGE_ARCHIVE_PATH, MIGRATE_PENDING_PATH, USER_MANAGER_TIMEOUT};
+use super::{Ctx, IMAGE_ARCHIVE_PATH, MIGRATE_PENDING_PATH, STATUS_INTERVAL, USER_MANAGER_TIMEOUT};
 use crate::firstboot::status::ImageStatus;
 use crate::firstboot::system::{Manager, PodmanImage};
 use crate::oci_archive;
@@ -26,9 +26,13 @@ pub fn user_manager(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     let unit = format!("user@{}.service", user.uid);
     let status = ctx.sys.unit_status(Manager::System, &unit)?;
+    // logind starts the manager itself when lingering is enabled; then it is up already.
     if !status.is_up() {
-        let u = unit.clone();
+        let (u, reload) = (unit.clone(), status.need_daemon_reload);
         ctx.change(format!("start {unit}"), move |sys| {
+            if reload {
+                sys.daemon_reload(Manager::System)?;
+            }
             sys.start_unit(Manager::System, &u)
         })?;
     }
@@ -41,9 +45,25 @@ pub fn user_manager(ctx: &mut Ctx<'_>) -> Result<()> {
     // user's D-Bus socket (dbus-user-session), made when the manager starts its sockets.
     let bus = runtime.join("bus");
     let sys = ctx.sys;
+    // The sockets are cheap to look at; asking systemd starts a process (up to a second
+    // under TCG, on the CPU the manager is starting on): once the sockets are there, and
+    // otherwise about once a second to notice a failure early.
+    // Active at the first look (a rerun): with its sockets there, nothing more to ask.
+    let active_before = status.active_state == "active";
+    let mut asked_at = None;
     ctx.wait(
         USER_MANAGER_TIMEOUT,
         || {
+            let sockets_up = socket.exists() && bus.exists();
+            if sockets_up && active_before {
+                return Ok(None);
+            }
+            let now = sys.elapsed();
+            let due = asked_at.is_none_or(|at| now.saturating_sub(at) >= STATUS_INTERVAL);
+            if !sockets_up && !due {
+                return Ok(Some(format!("{} does not exist yet", socket.display())));
+            }
+            asked_at = Some(now);
             let status = sys.unit_status(Manager::System, &unit)?;
             if status.active_state == "failed" {
                 bail!(
@@ -124,6 +144,7 @@ pub fn registry_image(ctx: &mut Ctx<'_>) -> Result<()> {
         return Ok(());
     }
     let images = ctx.sys.podman_images(&pu)?;
+    let mut loaded = false;
     let (id, source) = match &from_archive {
         Some(found) => {
             let id = found
@@ -139,13 +160,9 @@ pub fn registry_image(ctx: &mut Ctx<'_>) -> Result<()> {
                     ),
                     move |sys| sys.podman_load(&p, &a),
                 )?;
-                if !ctx.opts.dry_run && !ctx.sys.podman_images(&pu)?.iter().any(|i| i.id == id) {
-                    bail!(
-                        "after loading {IMAGE_ARCHIVE_PATH}, {}'s storage has no image with ID \
-                         sha256:{id} (the pinned image's config digest); the archive is left in place",
-                        user.name
-                    );
-                }
+                // No listing after the load (a Podman start, a second or more under TCG):
+                // tagging by the pinned ID below fails unless the load made that image.
+                loaded = true;
             }
             (id, "archive")
         }
@@ -179,22 +196,19 @@ pub fn registry_image(ctx: &mut Ctx<'_>) -> Result<()> {
     let tag = render::REGISTRY_IMAGE_TAG;
     let tagged = images.iter().any(|i| i.id == id && i.has_name(tag));
     if !tagged {
-        let (p, i) = (pu.clone(), id.clone());
+        let (p, i, name) = (pu.clone(), id.clone(), user.name.clone());
         ctx.change(format!("tag image sha256:{id} as {tag}"), move |sys| {
-            sys.podman_tag(&p, &i, tag)
+            let Err(e) = sys.podman_tag(&p, &i, tag) else {
+                return Ok(());
+            };
+            if loaded && !sys.podman_images(&p)?.iter().any(|img| img.id == i) {
+                bail!(
+                    "after loading {IMAGE_ARCHIVE_PATH}, {name}'s storage has no image with ID \
+                     sha256:{i} (the pinned image's config digest); the archive is left in place"
+                );
+            }
+            Err(e)
         })?;
-        if !ctx.opts.dry_run
-            && !ctx
-                .sys
-                .podman_images(&pu)?
-                .iter()
-                .any(|i| i.id == id && i.has_name(tag))
-        {
-            bail!(
-                "after tagging, {tag} does not name image sha256:{id} in {}'s storage",
-                user.name
-            );
-        }
     }
     ctx.image = Some(ImageStatus {
         pinned: image.pinned(),

@@ -96,3 +96,46 @@ fn kill_between_ca_key_and_certificate_is_recovered() {
         orphan
     );
 }
+
+/// ufw already on (its policy as wanted): the rules go to the files in one write, then one
+/// `ufw reload`; a kill between the two still ends with the running firewall reloaded.
+#[test]
+fn enabled_firewall_is_reloaded_once_even_after_a_kill() {
+    let enabled = || {
+        let m = machine(true);
+        m.fake.state.borrow_mut().ufw.enabled = true;
+        m
+    };
+    let reference = enabled();
+    reference.run().unwrap();
+    let ufw_calls: Vec<String> = reference
+        .mutations()
+        .into_iter()
+        .filter(|c| c.starts_with("ufw"))
+        .collect();
+    assert_eq!(ufw_calls.len(), 2, "{ufw_calls:#?}");
+    assert!(ufw_calls[0].starts_with("ufw_write_rules "));
+    assert_eq!(ufw_calls[1], "ufw reload");
+    let clean = snapshot(&reference, true);
+    assert_eq!(clean.fake.ufw_live, clean.fake.ufw.rules);
+    let write = reference
+        .mutations()
+        .iter()
+        .position(|c| c.starts_with("ufw_write_rules"))
+        .unwrap();
+    // Killed before the write, and before the reload (the files already new).
+    for k in [write + 1, write + 2] {
+        let m = enabled();
+        m.fake.crash_at.set(Some(k));
+        m.run().unwrap_err();
+        // The marker goes first, so it is there either way.
+        assert!(
+            m.path(UFW_RELOAD_PENDING_PATH).exists(),
+            "no marker after a kill before change {k}"
+        );
+        m.fake.crash_at.set(None);
+        assert!(m.run().unwrap().ready);
+        assert_eq!(snapshot(&m, true), clean, "killed before change {k}");
+        assert!(!m.path(UFW_RELOAD_PENDING_PATH).exists());
+    }
+}

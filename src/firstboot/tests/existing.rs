@@ -62,6 +62,7 @@ fn wrong_firewall_rules_are_removed_and_none_duplicated() {
         }
         ufw.enabled = true;
         ufw.default_input = "ACCEPT".into();
+        state.ufw_live = state.ufw.rules.clone();
     }
     m.run().unwrap();
     let ufw_calls: Vec<String> = m
@@ -69,18 +70,27 @@ fn wrong_firewall_rules_are_removed_and_none_duplicated() {
         .into_iter()
         .filter(|c| c.starts_with("ufw"))
         .collect();
+    // One write with both deletions and the missing rules, then one ufw start: the policy
+    // change, which reloads the enabled firewall (no second reload, no enable).
+    assert_eq!(ufw_calls.len(), 2, "{ufw_calls:#?}");
     assert!(
-        ufw_calls.contains(&"ufw delete allow in proto tcp from any to any port 4443".to_string())
+        ufw_calls[0].starts_with("ufw_write_rules "),
+        "{ufw_calls:#?}"
     );
-    assert!(
-        ufw_calls.contains(&"ufw delete allow in proto tcp from any to any port 5000".to_string())
+    for want in [
+        "delete the rule allow tcp 4443 from anywhere",
+        "delete the rule allow tcp 5000 from anywhere",
+        "allow TCP port 4443 from 10.0.0.0/8",
+    ] {
+        assert!(ufw_calls[0].contains(want), "{want}: {ufw_calls:#?}");
+    }
+    assert!(!ufw_calls[0].contains("port 2222"), "kept: {ufw_calls:#?}");
+    assert_eq!(ufw_calls[1], "ufw default deny incoming");
+    assert!(!m.path(UFW_RELOAD_PENDING_PATH).exists());
+    assert_eq!(
+        m.fake.state.borrow().ufw_live,
+        m.fake.state.borrow().ufw.rules
     );
-    assert!(ufw_calls.contains(&"ufw default deny incoming".to_string()));
-    assert!(
-        !ufw_calls.iter().any(|c| c.contains("port 2222")),
-        "kept: {ufw_calls:#?}"
-    );
-    assert!(!ufw_calls.contains(&"ufw --force enable".to_string()));
     let state = m.fake.state.borrow();
     let mut seen = std::collections::BTreeSet::new();
     for rule in &state.ufw.rules {

@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use super::fake::{FakeState, FakeSystem};
 use super::status::StepResult;
-use super::steps::{Ctx, IMAGE_ARCHIVE_PATH, MIGRATE_PENDING_PATH};
+use super::steps::{Ctx, IMAGE_ARCHIVE_PATH, MIGRATE_PENDING_PATH, UFW_RELOAD_PENDING_PATH};
 use super::system::{Manager, UserInfo};
 use super::ufw::UfwCommand;
 use super::*;
 use crate::oci_archive::PinMismatch;
 
+mod calls;
 mod crash;
 mod dry_run;
 mod existing;
@@ -397,13 +398,24 @@ fn order_of_system_calls_is_safe() {
     assert!(pos("start_unit System user@") < pos("podman_migrate"));
     assert!(pos("podman_migrate") < pos("podman_load"));
     assert!(pos("podman_load") < pos("podman_tag"));
-    // SSH is allowed before anything else in ufw, and ufw is enabled last.
+    // Every rule in one write of ufw's files (SSH first), then one ufw start: enable.
+    let ufw: Vec<&String> = calls.iter().filter(|c| c.starts_with("ufw")).collect();
+    assert_eq!(ufw.len(), 2, "{ufw:#?}");
     assert!(
-        pos("ufw allow in proto tcp from any to any port 2222")
-            < pos("ufw allow in proto tcp from any to any port 443")
+        ufw[0].starts_with(
+            "ufw_write_rules allow TCP port 2222 from anywhere, allow TCP port 443 from anywhere"
+        ),
+        "{ufw:#?}"
     );
-    let last_ufw = calls.iter().rposition(|c| c.starts_with("ufw ")).unwrap();
-    assert_eq!(calls[last_ufw], "ufw --force enable");
+    assert_eq!(ufw[1], "ufw --force enable");
+    let last_ufw = pos("ufw --force enable");
+    assert!(pos("ufw_write_rules") < last_ufw);
+    let state = m.fake.state.borrow();
+    assert_eq!(
+        state.ufw_live, state.ufw.rules,
+        "the running firewall has the rules"
+    );
+    drop(state);
     // Services after the image and the firewall.
     assert!(pos("podman_tag") < pos("start_unit User"));
     assert!(last_ufw < pos("start_unit User"));
@@ -417,6 +429,7 @@ fn second_run_changes_nothing() {
     let mutations = m.mutations().len();
     let second = m.run().unwrap();
     assert!(second.ready);
+    // Nothing at all: no ufw write, no reload.
     assert_eq!(
         m.mutations().len(),
         mutations,

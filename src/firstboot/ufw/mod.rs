@@ -1,5 +1,6 @@
 //! ufw, pure: reading the rule tuples ufw keeps in /etc/ufw/user.rules and user6.rules,
-//! and planning the commands that bring the firewall to what the appliance needs.
+//! planning the commands that bring the firewall to what the appliance needs, and making
+//! the rule edits in those files (first boot writes them once and has ufw load them once).
 //!
 //! ufw itself skips a rule it already has, but only when every field (the comment too)
 //! is the same, and it prints instead of failing; so first boot reads the rules first and
@@ -8,13 +9,13 @@
 //! [comment=HEX]`, backend_iptables.py `_read_rules`); the fixtures in testdata/ were
 //! written by ufw 0.36.2 itself.
 //!
-//! Reading ufw's files is in `rules_file`; the rule model and the plan are here.
+//! Reading and editing ufw's files is in `rules_file`; the rule model and the plan are here.
 
 mod rules_file;
 
 use std::collections::BTreeSet;
 
-pub use rules_file::{conf_value, parse_rules};
+pub use rules_file::{conf_value, edit_rules, parse_rules};
 
 /// One rule as ufw stores it (one line of user.rules or user6.rules).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,6 +84,8 @@ pub enum UfwCommand {
     DefaultDenyIncoming,
     /// `ufw --force enable` (no prompt: nothing reads stdin in a oneshot).
     Enable,
+    /// `ufw reload`: an enabled firewall loads its rules files again.
+    Reload,
 }
 
 fn is_any_address(addr: &str) -> bool {
@@ -229,6 +232,7 @@ impl UfwCommand {
                 vec!["default".into(), "deny".into(), "incoming".into()]
             }
             UfwCommand::Enable => vec!["--force".into(), "enable".into()],
+            UfwCommand::Reload => vec!["reload".into()],
         }
     }
 
@@ -242,11 +246,12 @@ impl UfwCommand {
             UfwCommand::Delete(rule) => format!("delete the rule {}", rule.describe()),
             UfwCommand::DefaultDenyIncoming => "deny incoming traffic by default".into(),
             UfwCommand::Enable => "enable the firewall".into(),
+            UfwCommand::Reload => "reload the firewall".into(),
         }
     }
 
-    /// The rules ufw stores for an `Allow` (both families for "anywhere" when IPv6 is on),
-    /// as the test fake's ufw keeps them.
+    /// The rules ufw stores for an `Allow` (both families for "anywhere" when IPv6 is on):
+    /// what [`edit_rules`] writes, and what the test fake's ufw keeps.
     pub fn stored_rules(&self, ipv6: bool) -> Vec<UfwRule> {
         let UfwCommand::Allow {
             port,

@@ -1,7 +1,16 @@
-//! Reading what ufw keeps on disk: the rule tuples of user.rules and user6.rules, and the
-//! `KEY=value` settings of ufw.conf and /etc/default/ufw.
+//! What ufw keeps on disk: reading the rule tuples of user.rules and user6.rules and the
+//! `KEY=value` settings of ufw.conf and /etc/default/ufw, and editing the rules files the
+//! way ufw writes them (backend_iptables.py `_write_rules`), so first boot can change every
+//! rule in one write and have ufw load them once (issue 9: one `ufw` start per rule cost
+//! seconds each under TCG).
 
-use super::UfwRule;
+use anyhow::{bail, Result};
+
+use super::{is_any_address, UfwCommand, UfwRule};
+
+const RULES_BEGIN: &str = "### RULES ###";
+const RULES_END: &str = "### END RULES ###";
+const TUPLE: &str = "### tuple ###";
 
 /// Reads the rule tuples of one rules file; lines that are not tuples are skipped, and so are
 /// malformed tuples (as ufw does).
@@ -84,4 +93,128 @@ pub fn conf_value(text: &str, key: &str) -> Option<String> {
         .filter(|(k, _)| k.trim() == key)
         .map(|(_, v)| v.trim().trim_matches('"').trim_matches('\'').to_string())
         .next_back()
+}
+
+/// One rule of a rules file: its tuple line (`None` for stray lines before the first tuple)
+/// and the iptables lines that follow it.
+struct Block {
+    rule: Option<UfwRule>,
+    lines: Vec<String>,
+}
+
+/// `text` (user.rules, or user6.rules with `v6`) with the `Allow` and `Delete` edits made,
+/// as ufw would leave it: an allowed rule is appended (an identical one only gets the new
+/// comment), a deleted one goes with its iptables lines; other commands are ignored.
+/// `ipv6` is ufw's IPV6 setting (an "anywhere" rule is then kept in both files). A file
+/// ufw wrote comes back byte for byte when nothing changes; the file the package installs
+/// (no `### END RULES ###` yet) gets the marker.
+pub fn edit_rules(text: &str, v6: bool, ipv6: bool, edits: &[UfwCommand]) -> Result<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(begin) = lines.iter().position(|l| l.trim_end() == RULES_BEGIN) else {
+        bail!("no `{RULES_BEGIN}` line: not a rules file ufw wrote");
+    };
+    let end = lines.iter().position(|l| l.trim_end() == RULES_END);
+    let (section, tail) = match end {
+        Some(end) if end > begin => (&lines[begin + 1..end], &lines[end + 1..]),
+        Some(_) => bail!("`{RULES_END}` comes before `{RULES_BEGIN}`"),
+        // The packaged file: the rate-limit lines follow the marker directly.
+        None if lines.iter().any(|l| l.starts_with(TUPLE)) => {
+            bail!("rule tuples but no `{RULES_END}` line")
+        }
+        None => (&lines[..0], &lines[begin + 1..]),
+    };
+    let mut blocks: Vec<Block> = Vec::new();
+    for line in section.iter().filter(|l| !l.trim().is_empty()) {
+        match parse_tuple(line, v6) {
+            Some(rule) => blocks.push(Block {
+                rule: Some(rule),
+                lines: vec![line.to_string()],
+            }),
+            None => match blocks.last_mut() {
+                Some(block) => block.lines.push(line.to_string()),
+                None => blocks.push(Block {
+                    rule: None,
+                    lines: vec![line.to_string()],
+                }),
+            },
+        }
+    }
+    for edit in edits {
+        match edit {
+            UfwCommand::Allow { .. } => {
+                for rule in edit.stored_rules(ipv6).into_iter().filter(|r| r.v6 == v6) {
+                    let same = |r: &UfwRule| UfwRule {
+                        comment: None,
+                        ..r.clone()
+                    };
+                    match blocks
+                        .iter_mut()
+                        .find(|b| b.rule.as_ref().is_some_and(|r| same(r) == same(&rule)))
+                    {
+                        Some(block) => block.lines[0] = tuple_line(&rule),
+                        None => blocks.push(Block {
+                            lines: allow_lines(&rule),
+                            rule: Some(rule),
+                        }),
+                    }
+                }
+            }
+            UfwCommand::Delete(gone) => {
+                let args = gone.delete_args();
+                blocks.retain(|b| b.rule.as_ref().is_none_or(|r| r.delete_args() != args));
+            }
+            UfwCommand::DefaultDenyIncoming | UfwCommand::Enable | UfwCommand::Reload => {}
+        }
+    }
+    let mut out: Vec<String> = lines[..=begin].iter().map(|l| l.to_string()).collect();
+    for block in blocks {
+        out.push(String::new());
+        out.extend(block.lines);
+    }
+    out.push(String::new());
+    out.push(RULES_END.into());
+    out.extend(tail.iter().map(|l| l.to_string()));
+    let mut text_out = out.join("\n");
+    if text.ends_with('\n') {
+        text_out.push('\n');
+    }
+    Ok(text_out)
+}
+
+/// The tuple line ufw writes for a rule without application profiles.
+fn tuple_line(rule: &UfwRule) -> String {
+    let mut action = if rule.route {
+        format!("route:{}", rule.action)
+    } else {
+        rule.action.clone()
+    };
+    if let Some(log) = &rule.log {
+        action = format!("{action}_{log}");
+    }
+    let ifaces = match (&rule.iface_in, &rule.iface_out) {
+        (None, None) => rule.direction.clone(),
+        (Some(i), Some(o)) => format!("in_{i}!out_{o}"),
+        (Some(iface), None) | (None, Some(iface)) => format!("{}_{iface}", rule.direction),
+    };
+    let mut line = format!(
+        "{TUPLE} {action} {} {} {} {} {} {ifaces}",
+        rule.proto, rule.dport, rule.dst, rule.sport, rule.src
+    );
+    if let Some(comment) = &rule.comment {
+        line.push_str(&format!(" comment={comment}"));
+    }
+    line
+}
+
+/// The tuple and iptables lines ufw writes for the plain inbound TCP allow of one port that
+/// [`UfwCommand::stored_rules`] makes (`-A ufw-user-input -p tcp --dport P [-s SRC] -j
+/// ACCEPT`, as in testdata/regimage-user.rules).
+fn allow_lines(rule: &UfwRule) -> Vec<String> {
+    let chain = if rule.v6 { "ufw6" } else { "ufw" };
+    let mut iptables = format!("-A {chain}-user-input -p tcp --dport {}", rule.dport);
+    if !is_any_address(&rule.src) {
+        iptables.push_str(&format!(" -s {}", rule.src));
+    }
+    iptables.push_str(" -j ACCEPT");
+    vec![tuple_line(rule), iptables]
 }

@@ -139,6 +139,7 @@ fn apply(state: &mut UfwState, commands: &[UfwCommand]) {
             }
             UfwCommand::DefaultDenyIncoming => state.default_input = "DROP".into(),
             UfwCommand::Enable => state.enabled = true,
+            UfwCommand::Reload => {}
         }
     }
 }
@@ -342,4 +343,143 @@ fn ssh_ports_from_sshd_t() {
         [2022]
     );
     assert_eq!(sshd_t_ports(""), [22]);
+}
+
+/// The package's user.rules before ufw first rewrites it (ufw 0.36 conf/user.rules).
+const PACKAGED_USER_RULES: &str = "*filter
+:ufw-user-input - [0:0]
+:ufw-user-output - [0:0]
+:ufw-user-forward - [0:0]
+:ufw-user-limit - [0:0]
+:ufw-user-limit-accept - [0:0]
+### RULES ###
+-A ufw-user-limit -m limit --limit 3/minute -j LOG --log-prefix \"[UFW LIMIT BLOCK] \"
+-A ufw-user-limit -j REJECT
+-A ufw-user-limit-accept -j ACCEPT
+COMMIT
+";
+
+/// The commands first boot plans for the fixtures' regimage files (ssh on 22).
+fn regimage_allows() -> Vec<UfwCommand> {
+    let allow = |port: u16, from: Option<&str>, comment: &str| UfwCommand::Allow {
+        port,
+        from: from.map(str::to_string),
+        comment: comment.into(),
+    };
+    vec![
+        allow(22, None, "regimage: ssh"),
+        allow(443, None, "regimage: pulls"),
+        allow(4443, Some("10.0.0.0/8"), "regimage: pushes (mTLS)"),
+        allow(4443, Some("fd00::/8"), "regimage: pushes (mTLS)"),
+    ]
+}
+
+#[test]
+fn edited_files_read_like_the_ones_ufw_wrote() {
+    let v4 = include_str!("testdata/regimage-user.rules");
+    let v6 = include_str!("testdata/regimage-user6.rules");
+    // Nothing to do: byte for byte; the same rules again: only comments (the same) kept.
+    assert_eq!(edit_rules(v4, false, true, &[]).unwrap(), v4);
+    assert_eq!(edit_rules(v6, true, true, &regimage_allows()).unwrap(), v6);
+    // Every regimage rule deleted, then allowed again: what ufw itself wrote.
+    for (text, v6) in [(v4, false), (v6, true)] {
+        let deletes: Vec<UfwCommand> = parse_rules(text, v6)
+            .into_iter()
+            .map(|r| UfwCommand::Delete(Box::new(r)))
+            .collect();
+        let empty = edit_rules(text, v6, true, &deletes).unwrap();
+        assert!(parse_rules(&empty, v6).is_empty(), "{empty}");
+        assert!(
+            empty.contains("### RULES ###\n\n### END RULES ###\n"),
+            "{empty}"
+        );
+        assert_eq!(
+            edit_rules(&empty, v6, true, &regimage_allows()).unwrap(),
+            text
+        );
+    }
+}
+
+#[test]
+fn packaged_file_gets_the_rules_and_the_end_marker() {
+    let text = edit_rules(PACKAGED_USER_RULES, false, true, &regimage_allows()).unwrap();
+    assert!(
+        text.contains(
+            "### RULES ###\n\n### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in comment=726567696d6167653a20737368\n\
+             -A ufw-user-input -p tcp --dport 22 -j ACCEPT\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "-A ufw-user-input -p tcp --dport 4443 -s 10.0.0.0/8 -j ACCEPT\n\n### END RULES ###\n\
+             -A ufw-user-limit -m limit"
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("COMMIT\n"));
+    // The v6 push network only in user6.rules.
+    assert!(!text.contains("fd00::/8"));
+    let rules = parse_rules(&text, false);
+    assert_eq!(rules.len(), 3, "{rules:#?}");
+    let mut state = UfwState {
+        enabled: false,
+        default_input: "DROP".into(),
+        ipv6: true,
+        rules: rules.clone(),
+    };
+    state.rules.extend(parse_rules(
+        &edit_rules(
+            &PACKAGED_USER_RULES.replace("ufw-", "ufw6-"),
+            true,
+            true,
+            &regimage_allows(),
+        )
+        .unwrap(),
+        true,
+    ));
+    let wanted = Wanted {
+        open: vec![
+            (22, "regimage: ssh".into()),
+            (443, "regimage: pulls".into()),
+        ],
+        restricted: Some((
+            4443,
+            vec!["10.0.0.0/8".into(), "fd00::/8".into()],
+            "regimage: pushes (mTLS)".into(),
+        )),
+        closed: vec![5000],
+    };
+    assert_eq!(plan(&state, &wanted), [UfwCommand::Enable]);
+}
+
+#[test]
+fn edits_keep_other_rules_and_refuse_unknown_files() {
+    // The operator's rules (interfaces, logging, multiport, apps) keep their lines.
+    assert_eq!(
+        edit_rules(USER_RULES, false, true, &[]).unwrap(),
+        USER_RULES
+    );
+    assert_eq!(
+        edit_rules(USER6_RULES, true, true, &[]).unwrap(),
+        USER6_RULES
+    );
+    let deleted = find(&rules(), "5000", "0.0.0.0/0", false).clone();
+    let text = edit_rules(
+        USER_RULES,
+        false,
+        true,
+        &[UfwCommand::Delete(Box::new(deleted))],
+    )
+    .unwrap();
+    assert!(!text.contains("--dport 5000"), "{text}");
+    assert_eq!(
+        text.lines().count(),
+        USER_RULES.lines().count() - 4,
+        "the tuple, its two lines and the blank line before it"
+    );
+    assert_eq!(parse_rules(&text, false).len(), 13);
+    assert!(text.contains("-A ufw-user-input -p tcp --dport 2222 -j ufw-user-logging-input"));
+    let e = edit_rules("*filter\nCOMMIT\n", false, true, &[]).unwrap_err();
+    assert!(e.to_string().contains("### RULES ###"), "{e}");
 }
