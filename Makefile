@@ -50,7 +50,9 @@ e2e: deps
 # on loopback (a 1 GiB blob up and down), first-boot PKI against the guide's openssl
 # (bench/guide-pki.sh), `build user-data`; A/B alternating, medians, the last e2e timings.
 # Writes target/bench.json. Knobs: BENCH_BLOB_MIB (1024), BENCH_ROUNDS (5), BENCH_PKI_ROUNDS
-# (5), BENCH_BUILD_ROUNDS (3), BENCH_MAX_SECONDS (3600); see benches/bench.rs.
+# (5), BENCH_BUILD_ROUNDS (3), BENCH_MAX_SECONDS (3600), BENCH_ONLY (proxy,pki,user-data,e2e),
+# BENCH_PROXY_BASELINE (another regimage binary: its proxy config in the same rounds);
+# see benches/bench.rs.
 bench: deps
 	$(CARGO) bench --bench bench
 

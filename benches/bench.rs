@@ -23,6 +23,10 @@
 //! Needs root (nginx, files owned by root), nginx, docker-registry, curl, openssl, skopeo.
 //! Every loop is bounded: `BENCH_ROUNDS` (5), `BENCH_PKI_ROUNDS` (5), `BENCH_BUILD_ROUNDS`
 //! (3), and `BENCH_MAX_SECONDS` (3600) for the whole run, after which no new round starts.
+//! `BENCH_ONLY` (say `proxy`) runs a comma-separated subset of proxy, pki, user-data, e2e.
+//! `BENCH_PROXY_BASELINE=<regimage binary>` adds a third way to the proxy rounds: nginx
+//! running the config that binary renders (say main's build: the old proxy config against
+//! the new in the same rounds).
 //! Traffic goes to 127.0.0.1 only.
 
 #[path = "../tests/common/mod.rs"]
@@ -354,39 +358,127 @@ fn download(way: &Way, digest: &str) -> f64 {
     secs
 }
 
-/// Throughputs (MB/s, 10^6 bytes) of each round, direct and proxy, and their ratios.
+/// Throughputs (MB/s, 10^6 bytes) of each round, per way (direct, proxy and, with
+/// `BENCH_PROXY_BASELINE`, baseline), and their ratios.
 #[derive(Default)]
 struct Series {
     direct: Vec<f64>,
     proxy: Vec<f64>,
+    baseline: Vec<f64>,
 }
 
 impl Series {
-    fn report(&self, label: &str) -> Value {
-        let (d, p) = (median(&self.direct), median(&self.proxy));
-        let paired: Vec<f64> = self
-            .proxy
-            .iter()
-            .zip(&self.direct)
-            .map(|(p, d)| p / d)
-            .collect();
-        let ratio = p / d;
-        println!(
-            "  {label:<5} direct {d:7.1} MB/s  proxy {p:7.1} MB/s  proxy/direct {ratio:.3} \
-             (median of round ratios {:.3}; rounds {:?})",
-            median(&paired),
-            paired.iter().map(|r| round3(*r)).collect::<Vec<_>>()
-        );
-        json!({
-            "direct_mb_s": self.direct.iter().map(|x| round3(*x)).collect::<Vec<_>>(),
-            "proxy_mb_s": self.proxy.iter().map(|x| round3(*x)).collect::<Vec<_>>(),
-            "direct_median_mb_s": round3(d),
-            "proxy_median_mb_s": round3(p),
-            "ratio_proxy_direct": round3(ratio),
-            "round_ratios": paired.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
-            "median_round_ratio": round3(median(&paired)),
-        })
+    fn push(&mut self, way: &str, mb_s: f64) {
+        match way {
+            "direct" => self.direct.push(mb_s),
+            "proxy" => self.proxy.push(mb_s),
+            _ => self.baseline.push(mb_s),
+        }
     }
+
+    fn report(&self, label: &str) -> Value {
+        let mut out = serde_json::Map::new();
+        let d = median(&self.direct);
+        out.insert("direct_mb_s".into(), json!(rounded(&self.direct)));
+        out.insert("direct_median_mb_s".into(), json!(round3(d)));
+        // The earlier keys (proxy vs direct) first, then the baseline's.
+        for (name, way, base, base_name) in [
+            ("proxy", &self.proxy, &self.direct, "direct"),
+            ("baseline", &self.baseline, &self.direct, "direct"),
+            ("proxy", &self.proxy, &self.baseline, "baseline"),
+        ] {
+            if way.is_empty() || base.is_empty() {
+                continue;
+            }
+            let (m, mb) = (median(way), median(base));
+            let paired: Vec<f64> = way.iter().zip(base).map(|(p, d)| p / d).collect();
+            let ratio = m / mb;
+            println!(
+                "  {label:<5} {base_name:<8} {mb:7.1} MB/s  {name:<8} {m:7.1} MB/s  \
+                 {name}/{base_name} {ratio:.3} (median of round ratios {:.3}; rounds {:?})",
+                median(&paired),
+                rounded(&paired)
+            );
+            if base_name == "direct" {
+                out.insert(format!("{name}_mb_s"), json!(rounded(way)));
+                out.insert(format!("{name}_median_mb_s"), json!(round3(m)));
+            }
+            let key = if base_name == "direct" {
+                format!("{name}_direct")
+            } else {
+                format!("{name}_{base_name}")
+            };
+            out.insert(format!("ratio_{key}"), json!(round3(ratio)));
+            out.insert(
+                if key == "proxy_direct" {
+                    "round_ratios".to_string()
+                } else {
+                    format!("round_ratios_{key}")
+                },
+                json!(rounded(&paired)),
+            );
+            out.insert(
+                if key == "proxy_direct" {
+                    "median_round_ratio".to_string()
+                } else {
+                    format!("median_round_ratio_{key}")
+                },
+                json!(round3(median(&paired))),
+            );
+        }
+        Value::Object(out)
+    }
+}
+
+fn rounded(values: &[f64]) -> Vec<f64> {
+    values.iter().map(|x| round3(*x)).collect()
+}
+
+/// `BENCH_PROXY_BASELINE`: another regimage binary (say main's build) renders its
+/// nginx.conf for the same site on ports of its own; a second nginx runs it with the same
+/// certificates and registry, so the old and the new proxy config run in the same rounds.
+fn baseline_way(
+    lb: &common::loopback::Loopback,
+    ca: &[String],
+    cert: &[String],
+) -> Option<(Way, common::vm::Background)> {
+    let bin = std::env::var_os("BENCH_PROXY_BASELINE")?;
+    let (pull, push) = (common::free_port(), common::free_port());
+    let dir = lb.work.join("baseline");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("creating the baseline dir");
+    let cfg = dir.join("regimage.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "hostname: localhost\nextra-names: [127.0.0.1]\nports:\n  pull: {pull}\n  push: {push}\n  registry: {}\n",
+            lb.registry_port
+        ),
+    )
+    .expect("writing the baseline config");
+    run_ok(
+        Command::new(&bin)
+            .args(["render", "--root"])
+            .arg(&root)
+            .arg("-c")
+            .arg(&cfg),
+    );
+    let conf = std::fs::read_to_string(root.join("etc/registry/nginx.conf"))
+        .expect("reading the baseline nginx.conf");
+    log(&format!(
+        "proxy: baseline nginx.conf rendered by {} on ports {pull} and {push}",
+        s(Path::new(&bin))
+    ));
+    let nginx =
+        common::loopback::start_nginx(&conf, &lb.root, &lb.work, "baseline-proxy", &[pull, push]);
+    let way = Way {
+        name: "baseline",
+        push_base: format!("https://127.0.0.1:{push}"),
+        push_tls: cert.to_vec(),
+        pull_base: format!("https://127.0.0.1:{pull}"),
+        pull_tls: ca.to_vec(),
+    };
+    Some((way, nginx))
 }
 
 fn bench_proxy(budget: &mut Budget) -> Value {
@@ -412,10 +504,15 @@ fn bench_proxy(budget: &mut Budget) -> Value {
     let proxy = Way {
         name: "proxy",
         push_base: format!("https://127.0.0.1:{}", c.push),
-        push_tls: client_cert,
+        push_tls: client_cert.clone(),
         pull_base: format!("https://127.0.0.1:{}", c.pull),
-        pull_tls: ca,
+        pull_tls: ca.clone(),
     };
+    let baseline = baseline_way(&lb, &ca, &client_cert);
+    let mut ways = vec![&direct, &proxy];
+    if let Some((way, _)) = &baseline {
+        ways.push(way);
+    }
     let work = lb.work.join("bench");
     std::fs::create_dir(&work).expect("creating the bench dir");
     let t = Instant::now();
@@ -431,37 +528,28 @@ fn bench_proxy(budget: &mut Budget) -> Value {
         if !budget.allows("proxy", round) {
             break;
         }
-        // A B, then B A: each way goes first in every other round.
-        let order = if round % 2 == 0 {
-            [&direct, &proxy]
-        } else {
-            [&proxy, &direct]
-        };
-        for way in order {
+        // The order rotates: each way goes first in turn (A B, then B A with two).
+        let mut order = ways.clone();
+        order.rotate_left(round as usize % ways.len());
+        for way in &order {
             let secs = upload(way, len, &digest, &work);
             log(&format!(
-                "proxy: round {} up   {:<6} {:7.1} MB/s ({secs:.2} s)",
+                "proxy: round {} up   {:<8} {:7.1} MB/s ({secs:.2} s)",
                 round + 1,
                 way.name,
                 mb / secs
             ));
-            match way.name {
-                "direct" => up.direct.push(mb / secs),
-                _ => up.proxy.push(mb / secs),
-            }
+            up.push(way.name, mb / secs);
         }
-        for way in order {
+        for way in &order {
             let secs = download(way, &digest);
             log(&format!(
-                "proxy: round {} down {:<6} {:7.1} MB/s ({secs:.2} s)",
+                "proxy: round {} down {:<8} {:7.1} MB/s ({secs:.2} s)",
                 round + 1,
                 way.name,
                 mb / secs
             ));
-            match way.name {
-                "direct" => down.direct.push(mb / secs),
-                _ => down.proxy.push(mb / secs),
-            }
+            down.push(way.name, mb / secs);
         }
     }
     println!(
@@ -474,6 +562,7 @@ fn bench_proxy(budget: &mut Budget) -> Value {
         "blob_mib": mib,
         "rounds": up.direct.len(),
         "client": "curl (OpenSSL); upload body piped from the benchmark, download piped into openssl dgst",
+        "baseline": std::env::var_os("BENCH_PROXY_BASELINE").map(|b| s(Path::new(&b))),
         "up": up_report,
         "down": down_report,
     })
@@ -784,10 +873,32 @@ fn main() {
     ));
 
     let dir = common::test_dir("regimage-bench-");
-    report.insert("proxy".into(), bench_proxy(&mut budget));
-    report.insert("pki".into(), bench_pki(&mut budget, dir.path()));
-    report.insert("user_data".into(), bench_user_data(&mut budget, dir.path()));
-    report.insert("e2e".into(), e2e_summary());
+    // BENCH_ONLY: a comma-separated subset of proxy, pki, user-data, e2e (default: all).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let parts: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    for p in &parts {
+        assert!(
+            ["proxy", "pki", "user-data", "e2e"].contains(p),
+            "BENCH_ONLY={only:?}: {p:?} is not one of proxy, pki, user-data, e2e"
+        );
+    }
+    let runs = |part: &str| parts.is_empty() || parts.contains(&part);
+    if runs("proxy") {
+        report.insert("proxy".into(), bench_proxy(&mut budget));
+    }
+    if runs("pki") {
+        report.insert("pki".into(), bench_pki(&mut budget, dir.path()));
+    }
+    if runs("user-data") {
+        report.insert("user_data".into(), bench_user_data(&mut budget, dir.path()));
+    }
+    if runs("e2e") {
+        report.insert("e2e".into(), e2e_summary());
+    }
     report.insert("loadavg_end".into(), json!(sh_line("cat /proc/loadavg")));
     report.insert(
         "seconds".into(),

@@ -119,6 +119,9 @@ fn nginx_follows_the_config() {
         "client_max_body_size 512m;",
         "proxy_set_header Host $http_host;",
         "push to port 9443",
+        // Streaming (issue 9): uploads never spooled, downloads never to a temp file.
+        "proxy_request_buffering off;",
+        "proxy_max_temp_file_size 0;",
     ] {
         assert!(conf.contains(want), "{want:?} missing:\n{conf}");
     }

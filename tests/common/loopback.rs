@@ -7,7 +7,7 @@
 //! Needs root (nginx binds, files owned by root), nginx, docker-registry, skopeo, curl,
 //! openssl.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::client::{self, Client};
@@ -94,29 +94,9 @@ pub fn start(extra_config: &str) -> Loopback {
     let mut registry = Background::start("docker-registry", &mut cmd, &work.join("registry.log"));
     registry.wait_for_port(registry_port);
 
-    // nginx with the rendered config; only the absolute path prefixes move into the test dir.
     let conf_text =
         std::fs::read_to_string(root.join("etc/registry/nginx.conf")).expect("reading nginx.conf");
-    let run_dir = work.join("run/registry-proxy");
-    let log_dir = work.join("log/registry-proxy");
-    std::fs::create_dir_all(&run_dir).expect("creating run dir");
-    std::fs::create_dir_all(&log_dir).expect("creating log dir");
-    let conf_text = conf_text
-        .replace("/etc/registry/", &format!("{}/etc/registry/", s(&root)))
-        .replace("/run/registry-proxy", &s(&run_dir))
-        .replace("/var/log/registry-proxy", &s(&log_dir));
-    let conf = work.join("nginx.conf");
-    std::fs::write(&conf, conf_text).expect("writing nginx.conf");
-    let error_log = log_dir.join("startup-error.log");
-    let mut cmd = Command::new("nginx");
-    cmd.arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg(&error_log)
-        .args(["-g", "daemon off; user root;"]);
-    let mut nginx = Background::start("nginx", &mut cmd, &work.join("nginx.out"));
-    nginx.wait_for_port(pull);
-    nginx.wait_for_port(push);
+    let nginx = start_nginx(&conf_text, &root, &work, "registry-proxy", &[pull, push]);
 
     // Install the client bundle as its README says, per user: ~/.config/containers/certs.d.
     let client_work = work.join("client");
@@ -137,4 +117,38 @@ pub fn start(extra_config: &str) -> Loopback {
         _registry: registry,
         _dir: dir,
     }
+}
+
+/// nginx running `conf_text` (an nginx.conf as `regimage render` writes it) with the files
+/// under `root`; only the absolute path prefixes move into `work`, its run and log
+/// directories named `name`. Returns once it listens on every port in `ports`.
+pub fn start_nginx(
+    conf_text: &str,
+    root: &Path,
+    work: &Path,
+    name: &str,
+    ports: &[u16],
+) -> Background {
+    let run_dir = work.join("run").join(name);
+    let log_dir = work.join("log").join(name);
+    std::fs::create_dir_all(&run_dir).expect("creating run dir");
+    std::fs::create_dir_all(&log_dir).expect("creating log dir");
+    let conf_text = conf_text
+        .replace("/etc/registry/", &format!("{}/etc/registry/", s(root)))
+        .replace("/run/registry-proxy", &s(&run_dir))
+        .replace("/var/log/registry-proxy", &s(&log_dir));
+    let conf = work.join(format!("{name}.conf"));
+    std::fs::write(&conf, conf_text).expect("writing nginx.conf");
+    let error_log = log_dir.join("startup-error.log");
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(&error_log)
+        .args(["-g", "daemon off; user root;"]);
+    let mut nginx = Background::start("nginx", &mut cmd, &work.join(format!("{name}.out")));
+    for port in ports {
+        nginx.wait_for_port(*port);
+    }
+    nginx
 }
