@@ -1,11 +1,12 @@
 #!/bin/sh
-# regimage: the packages as an exact list (no Recommends), without an initramfs rebuild
-# (a bind-mounted copy of its config, gone at any reboot). See cloudinit/lean_install.rs.
+# regimage: the packages as an exact list (no Recommends, no translated descriptions),
+# without an initramfs rebuild (a bind-mounted copy of its config, gone at any reboot).
+# See cloudinit/lean_install.rs.
 #   sh -c "$script" regimage-lean-install APT_CONF RUN_DIR
 set -eu
 c=/etc/initramfs-tools/update-initramfs.conf
 install -d -m 0700 "$2"
-printf 'APT::Install-Recommends "false";\n' > "$1.tmp"
+printf 'APT::Install-Recommends "false";\nAcquire::Languages "none";\n' > "$1.tmp"
 mv -f "$1.tmp" "$1"
 if [ -f "$c" ] && ! grep -q " $c " /proc/self/mountinfo; then
   { grep -v '^update_initramfs=' "$c"; echo update_initramfs=no; } > "$2/update-initramfs.conf"
