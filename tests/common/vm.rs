@@ -656,7 +656,9 @@ impl Vm {
                 "-o",
                 "ServerAliveInterval=10",
                 "-o",
-                "ServerAliveCountMax=3",
+                // A guest under TCG on a loaded host can stall for tens of seconds (seen:
+                // a session cut after 30 s, with nothing on stderr at LogLevel=ERROR).
+                "ServerAliveCountMax=12",
                 "debian@127.0.0.1",
             ]);
         cmd
@@ -705,8 +707,9 @@ impl Vm {
         let out = self.root_sh(&format!("cat '{path}'"));
         assert!(
             out.status.success(),
-            "reading {path} in {}: {}",
+            "reading {path} in {}: {} (ssh exits 255 when the connection drops, timeout 124): {}",
             self.name,
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
