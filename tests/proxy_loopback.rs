@@ -65,4 +65,60 @@ fn push_with_bundle_pull_anonymously_and_refuse_the_rest() {
     // Writes on the pull port get 403 with a JSON body (skopeo's push and every method); the
     // push port refuses no certificate and another CA's, and takes the bundle's.
     client.check_refusals("test/hello");
+
+    // The repository list: refused on the pull port (JSON), served on the push port; tag
+    // lists stay public.
+    let reply = client.curl(&[], &client.pull_url("/v2/_catalog"));
+    assert_eq!(reply.code, 403, "{}", reply.body);
+    common::client::assert_registry_error(&reply.body, "DENIED");
+    assert!(reply.body.contains("public-catalog"), "{}", reply.body);
+    let reply = client.curl(&[], &client.pull_url("/v2/_catalog?n=10"));
+    assert_eq!(reply.code, 403, "{}", reply.body);
+    let reply = client.curl(
+        &["--cert", &cert, "--key", &key],
+        &client.push_url("/v2/_catalog"),
+    );
+    assert_eq!(reply.code, 200, "{}", reply.body);
+    assert!(reply.body.contains("test/hello"), "{}", reply.body);
+    let reply = client.curl(&[], &client.pull_url("/v2/test/hello/tags/list"));
+    assert_eq!(reply.code, 200, "{}", reply.body);
+
+    // Bodies: the pull port caps them at 1m (it takes none); the push port has no cap by
+    // default, so only the registry judges an upload.
+    let big = setup.work.join("2m.bin");
+    std::fs::write(&big, vec![0u8; 2 << 20]).expect("writing 2m.bin");
+    let data = format!("@{}", s(&big));
+    let reply = client.curl(
+        &["-X", "GET", "--data-binary", &data],
+        &client.pull_url("/v2/"),
+    );
+    assert_eq!(reply.code, 413, "{}", reply.body);
+    common::client::assert_registry_error(&reply.body, "SIZE_INVALID");
+}
+
+#[test]
+#[ignore = "needs root, nginx, docker-registry, skopeo: run by `make test`"]
+fn public_catalog_and_allowed_pull_networks() {
+    // Loopback's own networks allowed: pulls and, with public-catalog, the list.
+    let setup = common::loopback::start(
+        "pull-allowed-cidrs: [127.0.0.0/8, '::1/128']\nproxy:\n  public-catalog: true\n",
+    );
+    let client = &setup.client;
+    client.push_and_pull("test/listed", "listed\n");
+    let reply = client.curl(&[], &client.pull_url("/v2/_catalog"));
+    assert_eq!(reply.code, 200, "{}", reply.body);
+    assert!(reply.body.contains("test/listed"), "{}", reply.body);
+    drop(setup);
+
+    // An address outside pull-allowed-cidrs gets a JSON 403 on the pull port; the push
+    // port (push-allowed-cidrs is the firewall's) still answers.
+    let setup = common::loopback::start("pull-allowed-cidrs: [192.0.2.0/24]\n");
+    let client = &setup.client;
+    let reply = client.curl(&[], &client.pull_url("/v2/"));
+    assert_eq!(reply.code, 403, "{}", reply.body);
+    common::client::assert_registry_error(&reply.body, "DENIED");
+    assert!(reply.body.contains("pull-allowed-cidrs"), "{}", reply.body);
+    let (cert, key) = (s(&client.cert), s(&client.key));
+    let reply = client.curl(&["--cert", &cert, "--key", &key], &client.push_url("/v2/"));
+    assert_eq!(reply.code, 200, "{}", reply.body);
 }
