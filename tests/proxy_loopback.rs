@@ -110,15 +110,39 @@ fn public_catalog_and_allowed_pull_networks() {
     assert!(reply.body.contains("test/listed"), "{}", reply.body);
     drop(setup);
 
-    // An address outside pull-allowed-cidrs gets a JSON 403 on the pull port; the push
-    // port (push-allowed-cidrs is the firewall's) still answers.
-    let setup = common::loopback::start("pull-allowed-cidrs: [192.0.2.0/24]\n");
+    // An address outside pull-allowed-cidrs gets a JSON 403 on the pull port (reached
+    // through this machine's own address: loopback is always allowed, as ufw never filters
+    // it and first boot's health check comes from it); the push port still answers.
+    let setup = common::loopback::start("pull-allowed-cidrs: [198.51.100.0/24]\n");
     let client = &setup.client;
     let reply = client.curl(&[], &client.pull_url("/v2/"));
-    assert_eq!(reply.code, 403, "{}", reply.body);
+    assert_eq!(reply.code, 200, "loopback refused: {}", reply.body);
+    let Some(own) = own_ipv4_address() else {
+        eprintln!("no non-loopback IPv4 address here: the refusal is not checked");
+        return;
+    };
+    let resolve = format!("localhost:{}:{own}", client.pull);
+    let reply = client.curl(&["--resolve", &resolve], &client.pull_url("/v2/"));
+    assert_eq!(reply.code, 403, "from {own}: {}", reply.body);
     common::client::assert_registry_error(&reply.body, "DENIED");
     assert!(reply.body.contains("pull-allowed-cidrs"), "{}", reply.body);
     let (cert, key) = (s(&client.cert), s(&client.key));
-    let reply = client.curl(&["--cert", &cert, "--key", &key], &client.push_url("/v2/"));
+    let resolve = format!("localhost:{}:{own}", client.push);
+    let reply = client.curl(
+        &["--resolve", &resolve, "--cert", &cert, "--key", &key],
+        &client.push_url("/v2/"),
+    );
     assert_eq!(reply.code, 200, "{}", reply.body);
+}
+
+/// This machine's first non-loopback IPv4 address (`hostname -I`).
+fn own_ipv4_address() -> Option<std::net::Ipv4Addr> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .find(|a| !a.is_loopback())
 }

@@ -182,6 +182,8 @@ fn public_catalog_and_pull_networks_follow_the_config() {
     for want in [
         "geo $regimage_pull_refused {",
         "default 1;",
+        "127.0.0.0/8 0;",
+        "::1 0;",
         "10.0.0.0/8 0;",
         "fd00::/8 0;",
     ] {
