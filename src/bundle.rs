@@ -169,6 +169,7 @@ pub fn write_bundles(
     paths: &PkiPaths,
 ) -> Result<Vec<BundleReport>> {
     let out_dir = fsutil::under_root(root, &config.output_dir);
+    fsutil::refuse_symlink(&out_dir, "output-dir")?;
     fsutil::ensure_dir(&out_dir, OUTPUT_DIR_MODE)?;
     let server_ca_pem = read(&paths.ca_cert)?;
     let mut reports = Vec::new();

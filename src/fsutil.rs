@@ -111,6 +111,26 @@ pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("setting mode {mode:o} on {}", path.display()))
 }
 
+/// Refuses a symbolic link at `path`, the directory the config key `key` names (a missing
+/// path or a real directory passes): first boot would chown or chmod what it points at.
+/// A link is a fact of the machine, so the config check cannot see it.
+pub fn refuse_symlink(path: &Path, key: &str) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            let target = fs::read_link(path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            anyhow::bail!(
+                "{} ({key}) is a symbolic link to {target}; first boot will not change the owner or mode of what a link points at: set {key} to the real directory, or replace the link with a directory",
+                path.display()
+            )
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("looking at {}", path.display())),
+    }
+}
+
 /// `root` joined with an absolute target path (`/etc/x` under `/tmp/r` is `/tmp/r/etc/x`).
 pub fn under_root(root: &Path, target: &Path) -> PathBuf {
     root.join(target.strip_prefix("/").unwrap_or(target))
@@ -156,6 +176,24 @@ mod tests {
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o750);
         ensure_dir(&p, 0o700).unwrap();
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o700);
+    }
+
+    #[test]
+    fn symlinked_dirs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        ensure_dir(&real, 0o700).unwrap();
+        refuse_symlink(&real, "output-dir").unwrap();
+        refuse_symlink(&dir.path().join("missing"), "output-dir").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = refuse_symlink(&link, "registry.storage-dir").unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("registry.storage-dir"), "{text}");
+        assert!(text.contains("symbolic link"), "{text}");
+        // A dangling link is refused too.
+        fs::remove_dir(&real).unwrap();
+        assert!(refuse_symlink(&link, "output-dir").is_err());
     }
 
     #[test]

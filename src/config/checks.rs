@@ -152,6 +152,66 @@ pub(super) fn check_mirror(mirror: &str) -> Result<(), String> {
     }
 }
 
+/// Directories that are the system's or the appliance's own: first boot would chown or
+/// chmod them. Directories below them (`/var/lib/x`) are fine.
+const RESERVED_DIRS: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/lost+found",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/snap",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/libexec",
+    "/usr/local",
+    "/usr/sbin",
+    "/usr/share",
+    "/usr/src",
+    "/var",
+    "/var/backups",
+    "/var/cache",
+    "/var/lib",
+    "/var/local",
+    "/var/lock",
+    "/var/log",
+    "/var/mail",
+    "/var/opt",
+    "/var/run",
+    "/var/spool",
+    "/var/tmp",
+    "/run/user",
+    "/etc/registry",
+    "/etc/regimage",
+    "/etc/containers",
+    "/etc/systemd",
+    "/var/lib/containers",
+    "/var/lib/regimage",
+    "/var/lib/registry-podman",
+    "/var/log/registry-proxy",
+    "/run/registry-proxy",
+];
+
+/// A directory first boot creates and gives away: absolute, no `..`, not a system
+/// directory, and only characters a systemd unit line and podman's `--volume SRC:DST:Z`
+/// take literally.
 pub(super) fn check_absolute_dir(path: &Path) -> Result<(), String> {
     let text = path.to_string_lossy();
     if !path.is_absolute() {
@@ -162,12 +222,18 @@ pub(super) fn check_absolute_dir(path: &Path) -> Result<(), String> {
             "{text:?} is not a usable directory; expected an absolute path below /, without '..'"
         ));
     }
-    if text
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '%' || c == '\\' || c == '"')
-    {
+    if let Some(c) = text.chars().find(|c| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(c, ':' | '$' | '%' | '\'' | '"' | '\\' | ',' | '\u{fffd}')
+    }) {
         return Err(format!(
-            "{text:?} contains white space or a character systemd and nginx treat specially; expected a plain path"
+            "{text:?} contains {c:?}, which a systemd unit line or podman's --volume would not take literally; expected a plain path, e.g. /srv/registry"
+        ));
+    }
+    if let Some(dir) = RESERVED_DIRS.iter().find(|d| path == Path::new(d)) {
+        return Err(format!(
+            "{dir} is a system directory; first boot would change its owner or mode; expected a directory of its own, e.g. {dir}/regimage"
         ));
     }
     Ok(())
@@ -292,5 +358,38 @@ mod tests {
         check_nginx_size("0").unwrap();
         check_nginx_size("512m").unwrap();
         assert!(check_nginx_size("2gb").is_err());
+    }
+
+    #[test]
+    fn dirs() {
+        for good in [
+            "/var/lib/registry",
+            "/srv/images",
+            "/var/lib/x/",
+            "/home/ci/reg",
+        ] {
+            check_absolute_dir(Path::new(good)).unwrap();
+        }
+        for (bad, hint) in [
+            ("relative", "relative"),
+            ("/", "below /"),
+            ("/a/../etc", "'..'"),
+            ("/etc", "system directory"),
+            ("/var/lib/", "system directory"),
+            ("/home", "system directory"),
+            ("/usr/local", "system directory"),
+            ("/var/lib/regimage", "system directory"),
+            ("/srv/a:b", "':'"),
+            ("/srv/$HOME", "'$'"),
+            ("/srv/100%", "'%'"),
+            ("/srv/it's", "'\\''"),
+            ("/srv/a b", "' '"),
+            ("/srv/a,b", "','"),
+            ("/srv/a\\b", "'\\\\'"),
+            ("/srv/a\tb", "'\\t'"),
+        ] {
+            let e = check_absolute_dir(Path::new(bad)).unwrap_err();
+            assert!(e.contains(hint), "{bad}: {e}");
+        }
     }
 }

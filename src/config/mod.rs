@@ -71,6 +71,8 @@ pub struct Config {
     pub ports: Ports,
     /// Source networks allowed to reach the push port (ufw rules).
     pub push_allowed_cidrs: Vec<String>,
+    /// Source networks allowed to reach the pull port (ufw rules and nginx); empty: any.
+    pub pull_allowed_cidrs: Vec<String>,
     pub pki: Pki,
     /// One client certificate and bundle per name.
     pub clients: Vec<String>,
@@ -126,8 +128,12 @@ pub struct Proxy {
     /// Requests per second per client address on the push port.
     pub push_rate: u32,
     pub push_burst: u32,
-    /// Largest request body (one layer) nginx accepts, nginx size syntax (`2g`, `512m`).
+    /// Largest request body (one layer) the push port accepts, nginx size syntax (`2g`,
+    /// `512m`); `0`: no limit. The pull port takes no bodies and keeps a small cap.
+    #[serde(deserialize_with = "text_or_number")]
     pub max_body_size: String,
+    /// Serve `/v2/_catalog` (the list of every repository) on the pull port too.
+    pub public_catalog: bool,
 }
 
 impl Default for Config {
@@ -144,6 +150,7 @@ impl Default for Config {
                 "172.16.0.0/12".into(),
                 "192.168.0.0/16".into(),
             ],
+            pull_allowed_cidrs: Vec::new(),
             pki: Pki::default(),
             clients: vec!["ci".into()],
             registry: Registry::default(),
@@ -193,7 +200,8 @@ impl Default for Proxy {
             pull_burst: 20,
             push_rate: 5,
             push_burst: 10,
-            max_body_size: "2g".into(),
+            max_body_size: "0".into(),
+            public_catalog: false,
         }
     }
 }
@@ -319,6 +327,9 @@ impl Config {
         for (i, cidr) in self.push_allowed_cidrs.iter().enumerate() {
             check_cidr(cidr).map_err(|m| error(&format!("push-allowed-cidrs[{i}]"), m))?;
         }
+        for (i, cidr) in self.pull_allowed_cidrs.iter().enumerate() {
+            check_cidr(cidr).map_err(|m| error(&format!("pull-allowed-cidrs[{i}]"), m))?;
+        }
         if self.pki.ca_validity_days == 0 || self.pki.ca_validity_days > 36500 {
             return Err(error(
                 "pki.ca-validity-days",
@@ -388,6 +399,17 @@ impl Config {
         }
         check_nginx_size(&self.proxy.max_body_size).map_err(|m| error("proxy.max-body-size", m))?;
         check_absolute_dir(&self.output_dir).map_err(|m| error("output-dir", m))?;
+        let (storage, output) = (&self.registry.storage_dir, &self.output_dir);
+        if storage.starts_with(output) || output.starts_with(storage) {
+            return Err(error(
+                "output-dir",
+                format!(
+                    "{} overlaps registry.storage-dir ({}); the registry's user owns the storage and the output holds client keys, so keep them apart",
+                    output.display(),
+                    storage.display()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -419,6 +441,18 @@ fn describe_serde_error(message: &str) -> String {
         return message.replace("unknown variant", "unknown value");
     }
     message.to_string()
+}
+
+/// A size written bare in YAML (`max-body-size: 0`) is a number; take it as its text.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error;
+    match serde_yaml_ng::Value::deserialize(d)? {
+        serde_yaml_ng::Value::String(text) => Ok(text),
+        serde_yaml_ng::Value::Number(n) => Ok(n.to_string()),
+        _ => Err(D::Error::custom(
+            "expected an nginx size such as 2g, 512m or 0 (no limit)",
+        )),
+    }
 }
 
 fn port_is_ssh(port: u16) -> bool {
@@ -469,6 +503,28 @@ mod tests {
             let c = Config::parse(&format!("pki:\n  key-algorithm: {alg}\n"), "t").unwrap();
             assert_eq!(c.pki.key_algorithm.as_str(), alg);
         }
+        assert_eq!(
+            Config::parse("proxy:\n  max-body-size: 0\n", "t")
+                .unwrap()
+                .proxy
+                .max_body_size,
+            "0"
+        );
+        assert_eq!(
+            err("proxy:\n  max-body-size: -1\n").key,
+            "proxy.max-body-size"
+        );
+        assert_eq!(
+            err("pull-allowed-cidrs: [10.0.0.1/8]\n").key,
+            "pull-allowed-cidrs[0]"
+        );
+        let e = err("output-dir: /var/lib/registry/out\n");
+        assert_eq!(e.key, "output-dir");
+        assert!(e.message.contains("overlaps"), "{e}");
+        assert_eq!(
+            err("registry:\n  storage-dir: /var/lib/regimage/out/x\n").key,
+            "output-dir"
+        );
         let e = err("registry:\n  image: registry:2\n");
         assert!(e.to_string().starts_with("t.yaml: registry.image: "), "{e}");
     }

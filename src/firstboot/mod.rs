@@ -277,6 +277,7 @@ impl Status {
 fn write_status(root: &Path, config: &Config, status: &Status) -> Result<()> {
     let out = fsutil::under_root(root, &config.output_dir);
     // Keys of clients end up next to it: root only.
+    fsutil::refuse_symlink(&out, "output-dir")?;
     fsutil::ensure_dir(&out, 0o700)?;
     fsutil::write_atomic(&out.join("status.json"), &status.to_json()?, 0o600)
 }

@@ -357,6 +357,20 @@ struct ServerBlock {
     zone: &'static str,
     burst: u32,
     denied_message: String,
+    /// client_max_body_size of this port.
+    max_body_size: String,
+    /// Set: the answer to `/v2/_catalog` here instead of the registry's list.
+    catalog_refusal: Option<String>,
+    /// Set: the answer to an address outside `pull-allowed-cidrs`.
+    address_refusal: Option<String>,
+}
+
+/// The pull port takes GET and HEAD only, which send no body; 1m refuses anything more.
+pub const PULL_PORT_MAX_BODY_SIZE: &str = "1m";
+
+/// A registry-style JSON error body (one line), as nginx's `return` sends it.
+fn json_error(code: &str, message: &str) -> String {
+    serde_json::json!({ "errors": [{ "code": code, "message": message }] }).to_string()
 }
 
 fn nginx_context(config: &Config) -> tera::Context {
@@ -373,6 +387,22 @@ fn nginx_context(config: &Config) -> tera::Context {
                 "this port serves pulls only (GET and HEAD); push to port {} with a client certificate",
                 ports.push
             ),
+            max_body_size: PULL_PORT_MAX_BODY_SIZE.into(),
+            catalog_refusal: (!proxy.public_catalog).then(|| {
+                json_error(
+                    "DENIED",
+                    &format!(
+                        "the repository list is served on port {} (client certificate) only; proxy.public-catalog: true serves it here",
+                        ports.push
+                    ),
+                )
+            }),
+            address_refusal: (!config.pull_allowed_cidrs.is_empty()).then(|| {
+                json_error(
+                    "DENIED",
+                    "this address is not in pull-allowed-cidrs",
+                )
+            }),
         },
         ServerBlock {
             title: format!(
@@ -384,6 +414,9 @@ fn nginx_context(config: &Config) -> tera::Context {
             zone: "regimage_push",
             burst: proxy.push_burst,
             denied_message: "access denied".into(),
+            max_body_size: proxy.max_body_size.clone(),
+            catalog_refusal: None,
+            address_refusal: None,
         },
     ];
     let mut ctx = tera::Context::new();
@@ -393,7 +426,7 @@ fn nginx_context(config: &Config) -> tera::Context {
     ctx.insert("proxy_user", &config.proxy_user);
     ctx.insert("pull_rate", &proxy.pull_rate);
     ctx.insert("push_rate", &proxy.push_rate);
-    ctx.insert("max_body_size", &proxy.max_body_size);
+    ctx.insert("pull_allowed_cidrs", &config.pull_allowed_cidrs);
     ctx.insert("run_dir", PROXY_RUN_DIR);
     ctx.insert("log_dir", PROXY_LOG_DIR);
     ctx.insert("server_cert", SERVER_CERT_PATH);

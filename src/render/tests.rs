@@ -136,6 +136,67 @@ fn nginx_follows_the_config() {
     assert!(!push_server.contains("$regimage_write_method)"));
 }
 
+/// The text of the pull server (the first `server {`) and of the push server.
+fn servers(conf: &str) -> (String, String) {
+    let first = conf.find("    server {").unwrap();
+    let second = first + 1 + conf[first + 1..].find("    server {").unwrap();
+    (conf[first..second].to_string(), conf[second..].to_string())
+}
+
+#[test]
+fn body_caps_catalog_and_pull_networks_by_default() {
+    let files = appliance_files(&Config::default()).unwrap();
+    let conf = directives(&text(&files, NGINX_CONF_PATH));
+    let (pull, push) = servers(&conf);
+    // Push: no cap (proxy.max-body-size 0); pull: GET and HEAD send no body.
+    assert!(push.contains("client_max_body_size 0;"), "{push}");
+    assert!(pull.contains("client_max_body_size 1m;"), "{pull}");
+    assert!(!conf[..conf.find("    server {").unwrap()].contains("client_max_body_size"));
+    // The catalog is refused on the pull port with a JSON body, served on the push port.
+    assert!(pull.contains("location = /v2/_catalog {"), "{pull}");
+    assert!(!push.contains("_catalog"), "{push}");
+    let refusal = pull
+        .lines()
+        .find(|l| l.contains("\"message\":\"the repository list"))
+        .unwrap();
+    assert!(refusal
+        .trim()
+        .starts_with("return 403 '{\"errors\":[{\"code\":\"DENIED\""));
+    assert!(refusal.contains("port 4443"), "{refusal}");
+    // Any address may pull.
+    assert!(!conf.contains("geo ") && !conf.contains("regimage_pull_refused"));
+}
+
+#[test]
+fn public_catalog_and_pull_networks_follow_the_config() {
+    let config = Config::parse(
+        "pull-allowed-cidrs: [10.0.0.0/8, 'fd00::/8']\nproxy: {public-catalog: true, max-body-size: 8g}\n",
+        "t",
+    )
+    .unwrap();
+    let files = appliance_files(&config).unwrap();
+    let conf = directives(&text(&files, NGINX_CONF_PATH));
+    let (pull, push) = servers(&conf);
+    assert!(!conf.contains("_catalog"), "{conf}");
+    assert!(push.contains("client_max_body_size 8g;"), "{push}");
+    for want in [
+        "geo $regimage_pull_refused {",
+        "default 1;",
+        "127.0.0.0/8 0;",
+        "::1 0;",
+        "10.0.0.0/8 0;",
+        "fd00::/8 0;",
+    ] {
+        assert!(conf.contains(want), "{want:?} missing:\n{conf}");
+    }
+    assert!(pull.contains("if ($regimage_pull_refused) {"), "{pull}");
+    assert!(!push.contains("regimage_pull_refused"), "{push}");
+    // nginx strings are single-quoted: no message may hold one.
+    for line in conf.lines().filter(|l| l.contains("return 403 '")) {
+        assert_eq!(line.matches('\'').count(), 2, "{line}");
+    }
+}
+
 #[test]
 fn registry_unit_follows_the_config() {
     let files = appliance_files(&custom()).unwrap();

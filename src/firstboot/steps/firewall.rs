@@ -10,8 +10,9 @@ use crate::cloudinit;
 use crate::firstboot::ufw::{self, UfwCommand, Wanted};
 use crate::fsutil;
 
-/// Step 6: ufw. SSH stays reachable, the pull port opens, the push port only for the
-/// configured networks, the registry port never; deny by default; enabled last.
+/// Step 6: ufw. SSH stays reachable, the pull port opens (to pull-allowed-cidrs when set),
+/// the push port only for push-allowed-cidrs, the registry port never; deny by default;
+/// enabled last.
 pub fn firewall(ctx: &mut Ctx<'_>) -> Result<()> {
     let ssh_ports = match ctx.sys.ssh_ports()? {
         Some(ports) => ports,
@@ -28,14 +29,24 @@ pub fn firewall(ctx: &mut Ctx<'_>) -> Result<()> {
         .iter()
         .map(|p| (*p, "regimage: ssh".to_string()))
         .collect();
-    open.push((cfg.ports.pull, "regimage: pulls".into()));
+    let mut restricted = vec![(
+        cfg.ports.push,
+        cfg.push_allowed_cidrs.clone(),
+        "regimage: pushes (mTLS)".to_string(),
+    )];
+    // No pull-allowed-cidrs: open to any address, as one "anywhere" rule.
+    if cfg.pull_allowed_cidrs.is_empty() {
+        open.push((cfg.ports.pull, "regimage: pulls".into()));
+    } else {
+        restricted.push((
+            cfg.ports.pull,
+            cfg.pull_allowed_cidrs.clone(),
+            "regimage: pulls".into(),
+        ));
+    }
     let wanted = Wanted {
         open,
-        restricted: Some((
-            cfg.ports.push,
-            cfg.push_allowed_cidrs.clone(),
-            "regimage: pushes (mTLS)".into(),
-        )),
+        restricted,
         closed: vec![cfg.ports.registry],
     };
     let state = ctx.sys.ufw_state()?;

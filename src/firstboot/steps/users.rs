@@ -83,6 +83,7 @@ fn ensure_service_dirs(ctx: &mut Ctx<'_>, service: &UserInfo) -> Result<()> {
         .storage_dir
         .to_string_lossy()
         .into_owned();
+    fsutil::refuse_symlink(&ctx.path(&storage), "registry.storage-dir")?;
     ensure_dir_owned(ctx, &storage, STORAGE_DIR_MODE, service.uid, service.gid)
 }
 

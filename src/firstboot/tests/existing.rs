@@ -125,3 +125,58 @@ fn without_sshd_the_firewall_keeps_port_22_open_and_says_so() {
         "{firewall:#?}"
     );
 }
+
+#[test]
+fn a_symlinked_storage_dir_is_refused_and_its_target_left_alone() {
+    let m = machine(true);
+    let target = m.root().join("elsewhere");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::create_dir_all(m.path("/var/lib")).unwrap();
+    std::os::unix::fs::symlink(&target, m.path("/var/lib/registry")).unwrap();
+    let e = format!("{:#}", m.run().unwrap_err());
+    assert!(e.contains("registry.storage-dir"), "{e}");
+    assert!(e.contains("symbolic link"), "{e}");
+    let state = m.fake.state.borrow();
+    assert!(
+        !state
+            .owners
+            .keys()
+            .any(|p| p.ends_with("registry") || p.ends_with("elsewhere")),
+        "chowned through the link: {:?}",
+        state.owners
+    );
+    let status = std::fs::read_to_string(m.path("/var/lib/regimage/out/status.json")).unwrap();
+    assert!(status.contains("registry.storage-dir"), "{status}");
+}
+
+#[test]
+fn a_symlinked_output_dir_is_refused() {
+    let m = machine(true);
+    let target = m.root().join("elsewhere");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::create_dir_all(m.path("/var/lib/regimage")).unwrap();
+    std::os::unix::fs::symlink(&target, m.path("/var/lib/regimage/out")).unwrap();
+    let e = format!("{:#}", m.run().unwrap_err());
+    assert!(e.contains("output-dir"), "{e}");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+}
+
+#[test]
+fn pull_allowed_cidrs_restrict_the_pull_port() {
+    let mut m = machine(true);
+    m.config.pull_allowed_cidrs = vec!["10.1.0.0/16".into(), "fd00::/8".into()];
+    m.run().unwrap();
+    let state = m.fake.state.borrow();
+    let pull = m.config.ports.pull;
+    let sources: std::collections::BTreeSet<(bool, &str)> = state
+        .ufw
+        .rules
+        .iter()
+        .filter(|r| r.opens_port(pull))
+        .map(|r| (r.v6, r.src.as_str()))
+        .collect();
+    assert_eq!(
+        sources,
+        std::collections::BTreeSet::from([(false, "10.1.0.0/16"), (true, "fd00::/8")])
+    );
+}

@@ -63,8 +63,9 @@ pub struct UfwState {
 pub struct Wanted {
     /// TCP ports open to everyone, each with a comment (SSH, pulls).
     pub open: Vec<(u16, String)>,
-    /// TCP port open only to these networks (pushes); every other rule opening it goes.
-    pub restricted: Option<(u16, Vec<String>, String)>,
+    /// TCP ports open only to these networks (pushes; pulls with pull-allowed-cidrs);
+    /// every other rule opening such a port goes.
+    pub restricted: Vec<(u16, Vec<String>, String)>,
     /// TCP ports that must not be opened (the registry on loopback).
     pub closed: Vec<u16>,
 }
@@ -308,7 +309,7 @@ pub fn plan(state: &UfwState, wanted: &Wanted) -> Vec<UfwCommand> {
             });
         }
     }
-    if let Some((port, cidrs, comment)) = &wanted.restricted {
+    for (port, cidrs, comment) in &wanted.restricted {
         for cidr in cidrs {
             if !has(*port, Some(cidr), cidr.contains(':')) {
                 commands.push(UfwCommand::Allow {
@@ -319,10 +320,10 @@ pub fn plan(state: &UfwState, wanted: &Wanted) -> Vec<UfwCommand> {
             }
         }
     }
-    // Rules that open the restricted port to anyone else, or the closed ports at all.
+    // Rules that open a restricted port to anyone else, or the closed ports at all.
     let mut seen = BTreeSet::new();
     for rule in &state.rules {
-        let unwanted_push = wanted.restricted.as_ref().is_some_and(|(port, cidrs, _)| {
+        let unwanted_source = wanted.restricted.iter().any(|(port, cidrs, _)| {
             rule.opens_port(*port)
                 && !cidrs
                     .iter()
@@ -330,7 +331,7 @@ pub fn plan(state: &UfwState, wanted: &Wanted) -> Vec<UfwCommand> {
         });
         let opens_closed = wanted.closed.iter().any(|p| rule.opens_port(*p));
         // One `ufw delete` removes both families of an "anywhere" rule.
-        if (unwanted_push || opens_closed) && seen.insert(rule.delete_args()) {
+        if (unwanted_source || opens_closed) && seen.insert(rule.delete_args()) {
             commands.push(UfwCommand::Delete(Box::new(rule.clone())));
         }
     }

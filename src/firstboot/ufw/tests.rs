@@ -120,11 +120,11 @@ fn wanted() -> Wanted {
             (22, "regimage: ssh".into()),
             (443, "regimage: pulls".into()),
         ],
-        restricted: Some((
+        restricted: vec![(
             4443,
             vec!["10.0.0.0/8".into(), "fd00::/8".into()],
             "regimage: pushes".into(),
-        )),
+        )],
         closed: vec![5000],
     }
 }
@@ -227,6 +227,46 @@ fn existing_rules_count_and_wrong_ones_are_deleted() {
 }
 
 #[test]
+fn restricted_pull_port_gets_one_rule_per_network_and_loses_anywhere() {
+    // A first boot before pull-allowed-cidrs opened 443 to anywhere; now 443 is restricted.
+    let mut state = UfwState {
+        enabled: true,
+        default_input: "DROP".into(),
+        ipv6: true,
+        rules: Vec::new(),
+    };
+    let first = plan(&state, &wanted());
+    apply(&mut state, &first);
+    let mut w = wanted();
+    w.open.retain(|(port, _)| *port != 443);
+    w.restricted.push((
+        443,
+        vec!["192.168.0.0/16".into(), "fd00::/8".into()],
+        "regimage: pulls".into(),
+    ));
+    let commands = plan(&state, &w);
+    let text: Vec<String> = commands.iter().map(UfwCommand::describe).collect();
+    assert_eq!(
+        text,
+        [
+            "allow TCP port 443 from 192.168.0.0/16",
+            "allow TCP port 443 from fd00::/8",
+            "delete the rule allow tcp 443 from anywhere",
+        ],
+        "{commands:#?}"
+    );
+    apply(&mut state, &commands);
+    assert_eq!(plan(&state, &w), []);
+    let pulls: BTreeSet<&str> = state
+        .rules
+        .iter()
+        .filter(|r| r.opens_port(443))
+        .map(|r| r.src.as_str())
+        .collect();
+    assert_eq!(pulls, BTreeSet::from(["192.168.0.0/16", "fd00::/8"]));
+}
+
+#[test]
 fn ipv6_off_needs_only_the_v4_rule() {
     let mut state = UfwState {
         enabled: true,
@@ -236,7 +276,7 @@ fn ipv6_off_needs_only_the_v4_rule() {
     };
     let w = Wanted {
         open: vec![(22, "ssh".into())],
-        restricted: None,
+        restricted: vec![],
         closed: vec![],
     };
     let first = plan(&state, &w);
@@ -260,7 +300,7 @@ fn rules_real_ufw_wrote_for_the_plan_satisfy_it() {
     ));
     // wanted(), with the push rule's comment as that run had it.
     let mut w = wanted();
-    if let Some((_, _, comment)) = w.restricted.as_mut() {
+    if let Some((_, _, comment)) = w.restricted.first_mut() {
         *comment = "regimage: pushes (mTLS)".into();
     }
     let fresh = UfwState {
@@ -443,11 +483,11 @@ fn packaged_file_gets_the_rules_and_the_end_marker() {
             (22, "regimage: ssh".into()),
             (443, "regimage: pulls".into()),
         ],
-        restricted: Some((
+        restricted: vec![(
             4443,
             vec!["10.0.0.0/8".into(), "fd00::/8".into()],
             "regimage: pushes (mTLS)".into(),
-        )),
+        )],
         closed: vec![5000],
     };
     assert_eq!(plan(&state, &wanted), [UfwCommand::Enable]);
