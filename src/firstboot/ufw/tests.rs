@@ -478,18 +478,9 @@ fn packaged_file_gets_the_rules_and_the_end_marker() {
         .unwrap(),
         true,
     ));
-    let wanted = Wanted {
-        open: vec![
-            (22, "regimage: ssh".into()),
-            (443, "regimage: pulls".into()),
-        ],
-        restricted: vec![(
-            4443,
-            vec!["10.0.0.0/8".into(), "fd00::/8".into()],
-            "regimage: pushes (mTLS)".into(),
-        )],
-        closed: vec![5000],
-    };
+    // The fixture's rules carry first boot's own comment for the push port.
+    let mut wanted = wanted();
+    wanted.restricted[0].2 = "regimage: pushes (mTLS)".into();
     assert_eq!(plan(&state, &wanted), [UfwCommand::Enable]);
 }
 
