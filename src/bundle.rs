@@ -55,16 +55,31 @@ pub struct BundleReport {
 
 /// How clients name the registry on `port`: `HOST` for 443 (containers/image and Docker
 /// drop the default port), `HOST:PORT` otherwise; an IPv6 address gets brackets.
+///
+/// A single-label name other than `localhost` keeps `:443`: Docker, Podman, Skopeo and
+/// containerd read the first part of `vm/ci/app` as a registry only when it has a dot, a
+/// colon or is `localhost`, so `vm/ci/app` would be a Docker Hub repository.
 pub fn registry_host(host: &str, port: u16) -> String {
-    let host = match host.parse::<IpAddr>() {
+    let bare = url_host(host);
+    if port == 443 && names_a_registry(&bare) {
+        bare
+    } else {
+        format!("{bare}:{port}")
+    }
+}
+
+/// `host` as it goes into a URL: an IPv6 address gets brackets.
+pub fn url_host(host: &str) -> String {
+    match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(_)) => format!("[{host}]"),
         _ => host.to_string(),
-    };
-    if port == 443 {
-        host
-    } else {
-        format!("{host}:{port}")
     }
+}
+
+/// Whether clients read `host` (no port) as a registry host in an image reference: the
+/// rule of Docker's reference parser, which Podman, Skopeo and containerd share.
+fn names_a_registry(host: &str) -> bool {
+    host == "localhost" || host.contains('.') || host.contains(':')
 }
 
 /// The bundle's README.md.
@@ -289,6 +304,12 @@ mod tests {
         assert_eq!(registry_host("192.0.2.1", 8443), "192.0.2.1:8443");
         assert_eq!(registry_host("2001:db8::1", 4443), "[2001:db8::1]:4443");
         assert_eq!(registry_host("2001:db8::1", 443), "[2001:db8::1]");
+        assert_eq!(registry_host("localhost", 443), "localhost");
+        // A single-label name would be read as a Docker Hub repository without the port.
+        assert_eq!(registry_host("vm", 443), "vm:443");
+        assert_eq!(registry_host("vm", 4443), "vm:4443");
+        assert_eq!(url_host("2001:db8::1"), "[2001:db8::1]");
+        assert_eq!(url_host("vm"), "vm");
     }
 
     #[test]

@@ -59,12 +59,7 @@ pub fn health(ctx: &mut Ctx<'_>) -> Result<()> {
     let host = ctx.sans()?.primary_name.clone();
     let ports = ctx.config.ports.clone();
     let registry_url = format!("http://127.0.0.1:{}/v2/", ports.registry);
-    // registry_host brackets an IPv6 address (and leaves 443 off, so the port is added here).
-    let pull_url = format!(
-        "https://{}:{}/v2/",
-        bundle::registry_host(&host, 443),
-        ports.pull
-    );
+    let pull_url = format!("https://{}:{}/v2/", bundle::url_host(&host), ports.pull);
     // curl's --resolve makes the certificate's name reach this machine; an address is used as is.
     let resolve = host
         .parse::<std::net::IpAddr>()
