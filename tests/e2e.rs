@@ -22,15 +22,21 @@
 //! by its condition, registry and proxy up by themselves. Stage timings go to stderr and to
 //! target/e2e-timings.json.
 //!
-//! Ports: pull and push are 443 and 4443 when free on the host, else free high ports; the host
-//! forwards 127.0.0.1:PORT to the same guest port, so the bundle's certs.d directories
-//! (keyed HOST:PORT, host `localhost`) work unchanged on the host.
+//! Names: the site config leaves `hostname` unset, so the registry takes the guest's own
+//! single-label name (`regimage-e2e` from the user-data path's meta-data, the image's
+//! `debian` on the baked path), and the bundle names it `NAME:443`/`NAME:4443`. Each VM gets
+//! a loopback address of its own (127.0.0.100 and up) that QEMU forwards from; the host's
+//! clients reach NAME through an /etc/hosts of their own (a private mount namespace) that
+//! maps it to that address, as a user's DNS would. Ports: 443 and 4443 on that address when
+//! free, else free high ports (the guest then uses the same ones).
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::client::{self, Client};
@@ -40,6 +46,10 @@ use common::{output, regimage, run_ok, s, test_dir};
 const SERVICE_USER: &str = "registry";
 const CLIENT: &str = "ci";
 const READY: &str = "regimage: registry ready";
+/// The user-data guest's name (its meta-data's local-hostname): one label, no domain.
+const USER_DATA_NAME: &str = "regimage-e2e";
+/// The baked guest's name: the base image's own /etc/hostname (its seed names none).
+const BAKED_NAME: &str = "debian";
 /// Console lines that mean first boot (or the cloud-init part before it) failed.
 const FAILED: &[&str] = &[
     "Failed to start regimage-firstboot",
@@ -69,23 +79,33 @@ const REBOOT: Duration = Duration::from_secs(900);
 
 // ---- the host side ------------------------------------------------------------------------
 
-/// The appliance's ports as the host sees them.
+/// The appliance's address and ports as the host sees them.
 #[derive(Clone, Copy, Debug)]
 struct Ports {
+    /// The host's loopback address QEMU forwards from (one per VM test).
+    address: Ipv4Addr,
     pull: u16,
     push: u16,
     /// Host port forwarded to the guest's registry port (which must stay unreachable).
     registry_probe: u16,
 }
 
-/// 443/4443 (the defaults, and the privileged-port case for the proxy) when free here.
+/// Loopback addresses already taken by a VM test of this process.
+static ADDRESSES: Mutex<Vec<Ipv4Addr>> = Mutex::new(Vec::new());
+
+/// A loopback address of the test's own, and 443/4443 on it (the defaults, and the
+/// privileged-port case for the proxy) when free there.
 fn choose_ports() -> Ports {
-    // Claimed first: the other VM test may be choosing at the same time.
-    let (pull, push) = if vm::port_free(443) && vm::port_free(4443) && common::claim_port(443) {
-        assert!(
-            common::claim_port(4443),
-            "443 was free to claim but 4443 was not"
-        );
+    let address = {
+        let mut taken = ADDRESSES.lock().unwrap_or_else(|e| e.into_inner());
+        let address = (100..=200)
+            .map(|n| Ipv4Addr::new(127, 0, 0, n))
+            .find(|a| !taken.contains(a))
+            .expect("a free 127.0.0.x address");
+        taken.push(address);
+        address
+    };
+    let (pull, push) = if vm::port_free_on(address, 443) && vm::port_free_on(address, 4443) {
         (443, 4443)
     } else {
         let pull = common::free_port();
@@ -94,22 +114,35 @@ fn choose_ports() -> Ports {
             push = common::free_port();
         }
         progress(&format!(
-            "443 or 4443 is taken on this host: using pull {pull}, push {push}"
+            "443 or 4443 is taken on {address}: using pull {pull}, push {push}"
         ));
         (pull, push)
     };
     Ports {
+        address,
         pull,
         push,
         registry_probe: common::free_port(),
     }
 }
 
+/// An /etc/hosts for the host's clients: this machine's own, plus `name` at the VM's address.
+fn hosts_file(work: &Path, name: &str, ports: Ports) -> PathBuf {
+    let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    if !text.ends_with('\n') && !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(&format!("{} {name}\n", ports.address));
+    let path = work.join("hosts");
+    std::fs::write(&path, text).expect("writing the test's /etc/hosts");
+    path
+}
+
 /// The site config both paths use: the name the host's clients use, the chosen ports, the
 /// fixture pinned as the registry image, and (user-data path) the host's mirror.
 fn site_config(ports: &Ports, inputs: &Inputs, mirror_port: Option<u16>) -> String {
     let mut text = format!(
-        "hostname: localhost\nextra-names: [127.0.0.1]\nports:\n  pull: {}\n  push: {}\n\
+        "ports:\n  pull: {}\n  push: {}\n\
          clients: [{CLIENT}]\nregistry:\n  image: docker.io/library/registry@{}\n",
         ports.pull, ports.push, inputs.manifest_digest
     );
@@ -159,8 +192,8 @@ fn sha256_file(path: &Path) -> String {
 }
 
 /// Copies the client bundle off the VM (as the default user, through sudo) and installs it
-/// as its README says, per user, in a fresh `work`.
-fn install_bundle(vm: &Vm, work: &Path, ports: Ports) -> Client {
+/// as its README says, per user, in a fresh `work`; the client reaches the VM as `name`.
+fn install_bundle(vm: &Vm, work: &Path, ports: Ports, name: &str) -> Client {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work).expect("creating the client dir");
     let tarball = work.join(format!("{CLIENT}.tar.gz"));
@@ -169,7 +202,13 @@ fn install_bundle(vm: &Vm, work: &Path, ports: Ports) -> Client {
         vm.read_root_file(&format!("/var/lib/regimage/out/{CLIENT}.tar.gz")),
     )
     .expect("writing the bundle");
-    client::install_bundle(&tarball, CLIENT, work, ports.pull, ports.push)
+    let names = client::Names {
+        host: name.to_string(),
+        pull: ports.pull,
+        push: ports.push,
+        hosts_file: Some(hosts_file(work, name, ports)),
+    };
+    client::install_bundle_for(&tarball, CLIENT, work, names)
 }
 
 /// What is refused from outside: writes on the pull port, the push port without a client
@@ -189,7 +228,7 @@ fn check_refusals(client: &Client, ports: Ports, repo: &str) {
         "/dev/null",
         "-w",
         "%{http_code}",
-        &format!("http://127.0.0.1:{}/v2/", ports.registry_probe),
+        &format!("http://{}:{}/v2/", ports.address, ports.registry_probe),
     ]));
     let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(
@@ -256,14 +295,11 @@ fn podman_as_service_user(uid: u32, args: &str) -> String {
 }
 
 /// The checks made inside a ready appliance (over SSH, as root).
-fn check_inside(vm: &Vm, ports: Ports, inputs: &Inputs) {
-    // status.json: ready, every step done.
+fn check_inside(vm: &Vm, ports: Ports, inputs: &Inputs, name: &str) {
+    // status.json: ready, every step done, named after the guest.
     let status = status_json(vm);
     assert_eq!(status["ready"], true, "status.json: {status:#}");
-    assert_eq!(
-        status["primary_name"], "localhost",
-        "status.json: {status:#}"
-    );
+    assert_eq!(status["primary_name"], name, "status.json: {status:#}");
     let steps = status["steps"].as_array().expect("status.json steps");
     assert_eq!(steps.len(), 9, "status.json steps: {status:#}");
     assert!(
@@ -537,11 +573,11 @@ fn check_lean_install(vm: &Vm) {
     );
 }
 
-fn check_ready(vm: &Vm, ports: Ports, inputs: &Inputs, client_dir: &Path) -> Snapshot {
-    let client = install_bundle(vm, client_dir, ports);
+fn check_ready(vm: &Vm, ports: Ports, inputs: &Inputs, client_dir: &Path, name: &str) -> Snapshot {
+    let client = install_bundle(vm, client_dir, ports, name);
     let pushed = client.push_and_pull("e2e/hello", "hello from the e2e test\n");
     check_refusals(&client, ports, "e2e/hello");
-    check_inside(vm, ports, inputs);
+    check_inside(vm, ports, inputs, name);
     check_lean_install(vm);
     let status = status_json(vm);
     let fps = fingerprints(vm);
@@ -567,9 +603,15 @@ fn check_ready(vm: &Vm, ports: Ports, inputs: &Inputs, client_dir: &Path) -> Sna
 
 /// After a reboot: the services come back by themselves, first boot is skipped by its
 /// condition, certificates and the pushed image are the same. Returns seconds to ready.
-fn check_after_reboot(vm: &Vm, ports: Ports, before: &Snapshot, client_dir: &Path) -> f64 {
+fn check_after_reboot(
+    vm: &Vm,
+    ports: Ports,
+    before: &Snapshot,
+    client_dir: &Path,
+    name: &str,
+) -> f64 {
     let t = Instant::now();
-    let client = install_bundle(vm, client_dir, ports);
+    let client = install_bundle(vm, client_dir, ports, name);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if client.curl(&[], &client.pull_url("/v2/")).code == 200 {
@@ -622,6 +664,18 @@ fn check_after_reboot(vm: &Vm, ports: Ports, before: &Snapshot, client_dir: &Pat
     client.push_and_pull("e2e/after-reboot", "pushed after the reboot\n");
     progress("after the reboot: same certificates, image kept, first boot skipped, services up");
     ready
+}
+
+/// The console's ready line names the registry as clients must: a single-label name keeps
+/// its port, or `NAME/REPO` would be read as a Docker Hub repository.
+fn check_console_names(line: &str, name: &str, ports: Ports) {
+    for port in [ports.pull, ports.push] {
+        let host = regimage::bundle::registry_host(name, port);
+        assert!(
+            line.contains(&host),
+            "the ready line does not name {host}: {line}"
+        );
+    }
 }
 
 // ---- the tests ------------------------------------------------------------------------------
@@ -678,8 +732,8 @@ fn e2e_user_data() {
         &key,
     );
     timings.put("user_data_bytes", serde_json::json!(user_data.len()));
-    let meta = "instance-id: regimage-e2e-user-data\nlocal-hostname: regimage-e2e\n";
-    let seed = vm::seed_iso(&work, &user_data, meta);
+    let meta = format!("instance-id: regimage-e2e-user-data\nlocal-hostname: {USER_DATA_NAME}\n");
+    let seed = vm::seed_iso(&work, &user_data, &meta);
     let disk = work.join("disk.qcow2");
     vm::overlay(&inputs.base, &disk, "8G");
 
@@ -688,6 +742,7 @@ fn e2e_user_data() {
             name: "regimage-e2e-user-data".into(),
             disk: disk.clone(),
             seed,
+            address: ports.address,
             forwards: vec![
                 (ports.pull, ports.pull),
                 (ports.push, ports.push),
@@ -717,13 +772,20 @@ fn e2e_user_data() {
     record_steps(&vm, &mut timings, "");
 
     let t = Instant::now();
-    let snap = check_ready(&vm, ports, &inputs, &work.join("client"));
+    check_console_names(&line, USER_DATA_NAME, ports);
+    let snap = check_ready(&vm, ports, &inputs, &work.join("client"), USER_DATA_NAME);
     timings.record("checks_seconds", secs(t));
 
     let back = vm.reboot(REBOOT);
     timings.record("reboot_to_ssh_seconds", back);
     let t = Instant::now();
-    let ready = check_after_reboot(&vm, ports, &snap, &work.join("client-reboot"));
+    let ready = check_after_reboot(
+        &vm,
+        ports,
+        &snap,
+        &work.join("client-reboot"),
+        USER_DATA_NAME,
+    );
     timings.record("reboot_ssh_to_proxy_ready_seconds", ready);
     timings.record("reboot_checks_seconds", secs(t));
     vm.poweroff(Duration::from_secs(120));
@@ -857,6 +919,7 @@ fn e2e_qcow2() {
             name: "regimage-e2e-qcow2-1".into(),
             disk: disk.clone(),
             seed: key_only_seed(&work.join("seed1"), &key, "regimage-e2e-qcow2-1"),
+            address: ports.address,
             forwards: forwards.clone(),
             log_dir: work.join("vm1"),
             memory_mib: 2048,
@@ -873,10 +936,17 @@ fn e2e_qcow2() {
         status["image"]["source"], "archive",
         "the baked image's first boot did not use the baked archive: {status:#}"
     );
-    let snap1 = check_ready(&vm1, ports, &inputs, &work.join("client1"));
+    check_console_names(&line, BAKED_NAME, ports);
+    let snap1 = check_ready(&vm1, ports, &inputs, &work.join("client1"), BAKED_NAME);
     let back = vm1.reboot(REBOOT);
     timings.record("vm1_reboot_to_ssh_seconds", back);
-    let ready = check_after_reboot(&vm1, ports, &snap1, &work.join("client1-reboot"));
+    let ready = check_after_reboot(
+        &vm1,
+        ports,
+        &snap1,
+        &work.join("client1-reboot"),
+        BAKED_NAME,
+    );
     timings.record("vm1_reboot_ssh_to_proxy_ready_seconds", ready);
     vm1.poweroff(Duration::from_secs(120));
 
@@ -889,6 +959,7 @@ fn e2e_qcow2() {
         name: format!("regimage-e2e-qcow2-2{n}"),
         disk: disk.clone(),
         seed: key_only_seed(&work.join("seed2"), &key, "regimage-e2e-qcow2-2"),
+        address: ports.address,
         forwards: forwards.clone(),
         log_dir: work.join(format!("vm2{n}")),
         memory_mib: 2048,
@@ -945,7 +1016,7 @@ fn e2e_qcow2() {
         !killed.contains(READY),
         "first boot had finished before the kill:\n{killed}"
     );
-    let snap2 = check_ready(&vm2, ports, &inputs, &work.join("client2"));
+    let snap2 = check_ready(&vm2, ports, &inputs, &work.join("client2"), BAKED_NAME);
     for (file, fp) in &snap2.fingerprints {
         assert_ne!(
             snap1.fingerprints.get(file),

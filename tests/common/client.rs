@@ -10,12 +10,32 @@ use std::time::Instant;
 use super::vm::{progress, secs};
 use super::{output, run_ok, s};
 
-/// `localhost[:PORT]` as containers/image names a registry (443 is left off).
-pub fn registry_host(port: u16) -> String {
-    if port == 443 {
-        "localhost".to_string()
-    } else {
-        format!("localhost:{port}")
+/// How the client reaches the registry: the name in the bundle and the ports behind it.
+#[derive(Clone, Debug)]
+pub struct Names {
+    /// The registry's primary name (status.json's `primary_name`).
+    pub host: String,
+    pub pull: u16,
+    pub push: u16,
+    /// An /etc/hosts the client's commands see instead of the host's (a private mount
+    /// namespace), so `host` resolves as a user's DNS would make it; `None` for localhost.
+    pub hosts_file: Option<PathBuf>,
+}
+
+impl Names {
+    /// The registry on this machine's `localhost`.
+    pub fn localhost(pull: u16, push: u16) -> Names {
+        Names {
+            host: "localhost".into(),
+            pull,
+            push,
+            hosts_file: None,
+        }
+    }
+
+    /// `HOST[:PORT]` as the bundle and every client name the registry on `port`.
+    pub fn registry(&self, port: u16) -> String {
+        regimage::bundle::registry_host(&self.host, port)
     }
 }
 
@@ -25,6 +45,7 @@ pub struct Client {
     pub work: PathBuf,
     /// The bundle's client name (the CN of its certificate).
     pub name: String,
+    pub names: Names,
     pub pull: u16,
     pub push: u16,
     /// HOME with ~/.config/containers/certs.d from the bundle.
@@ -48,6 +69,12 @@ pub struct Reply {
 /// Unpacks `tarball`, the bundle of client `name`, under `work` (which must exist) and
 /// installs it as its README says for a registry on localhost's `pull` and `push` ports.
 pub fn install_bundle(tarball: &Path, name: &str, work: &Path, pull: u16, push: u16) -> Client {
+    install_bundle_for(tarball, name, work, Names::localhost(pull, push))
+}
+
+/// [`install_bundle`] for a registry reached by `names`.
+pub fn install_bundle_for(tarball: &Path, name: &str, work: &Path, names: Names) -> Client {
+    let (pull, push) = (names.pull, names.push);
     let unpacked = work.join("bundle");
     std::fs::create_dir(&unpacked).expect("creating the bundle dir");
     run_ok(
@@ -72,15 +99,15 @@ pub fn install_bundle(tarball: &Path, name: &str, work: &Path, pull: u16, push: 
             .arg(unpacked.join(format!("{name}/containers/certs.d/.")))
             .arg(&certs_d),
     );
-    let push_dir = certs_d.join(registry_host(push));
+    let push_dir = certs_d.join(names.registry(push));
     for f in ["ca.crt", "client.cert", "client.key"] {
         assert!(
             push_dir.join(f).is_file(),
             "the bundle lacks {f} for {}",
-            registry_host(push)
+            names.registry(push)
         );
     }
-    let pull_ca = certs_d.join(registry_host(pull)).join("ca.crt");
+    let pull_ca = certs_d.join(names.registry(pull)).join("ca.crt");
     assert!(pull_ca.is_file(), "the bundle lacks the pull port's CA");
     let pem = work.join("pem");
     std::fs::create_dir(&pem).expect("creating the pem dir");
@@ -90,6 +117,7 @@ pub fn install_bundle(tarball: &Path, name: &str, work: &Path, pull: u16, push: 
     Client {
         work: work.to_path_buf(),
         name: name.to_string(),
+        names,
         pull,
         push,
         home,
@@ -109,7 +137,7 @@ pub fn assert_registry_error(body: &str, code: &str) {
 impl Client {
     /// skopeo as a user whose HOME is `home`.
     pub fn skopeo(&self, home: &Path) -> Command {
-        let mut cmd = Command::new("skopeo");
+        let mut cmd = self.command("skopeo");
         // Only certs.d under HOME counts: no system-wide trust or policy from this host.
         cmd.env("HOME", home).arg("--insecure-policy");
         cmd
@@ -122,7 +150,7 @@ impl Client {
         let _ = std::fs::remove_file(&headers);
         let _ = std::fs::remove_file(&body);
         let out = output(
-            Command::new("curl")
+            self.command("curl")
                 .args(["-sS", "--max-time", "20", "--noproxy", "*", "--cacert"])
                 .arg(&self.server_ca)
                 .arg("-D")
@@ -150,12 +178,31 @@ impl Client {
         }
     }
 
+    /// `program` as this client runs it: with the client's /etc/hosts when it has one.
+    pub fn command(&self, program: &str) -> Command {
+        match &self.names.hosts_file {
+            None => Command::new(program),
+            Some(hosts) => {
+                // unshare(1) makes the new mount namespace private, so the bind mount
+                // never reaches the host's own /etc/hosts.
+                let mut cmd = Command::new("unshare");
+                cmd.args(["--mount", "--", "sh", "-c"])
+                    .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+                    .arg(hosts)
+                    .arg(program);
+                cmd
+            }
+        }
+    }
+
     pub fn pull_url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.pull)
+        let host = regimage::bundle::url_host(&self.names.host);
+        format!("https://{host}:{}{path}", self.pull)
     }
 
     pub fn push_url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.push)
+        let host = regimage::bundle::url_host(&self.names.host);
+        format!("https://{host}:{}{path}", self.push)
     }
 
     /// The image [`Client::push_and_pull`] made for `repo`.
@@ -168,7 +215,7 @@ impl Client {
         let out = run_ok(self.skopeo(&self.home).args([
             "inspect",
             "--raw",
-            &format!("docker://{}/{reference}", registry_host(self.pull)),
+            &format!("docker://{}/{reference}", self.names.registry(self.pull)),
         ]));
         format!(
             "sha256:{}",
@@ -186,7 +233,7 @@ impl Client {
             "copy",
             "--quiet",
             &format!("oci:{}:v1", s(&src)),
-            &format!("docker://{}/{repo}:v1", registry_host(self.push)),
+            &format!("docker://{}/{repo}:v1", self.names.registry(self.push)),
         ]));
         progress(&format!("pushed {repo}:v1 ({digest}) in {:.1} s", secs(t)));
         assert_eq!(
@@ -198,7 +245,7 @@ impl Client {
         run_ok(self.skopeo(&self.home).args([
             "copy",
             "--quiet",
-            &format!("docker://{}/{repo}:v1", registry_host(self.pull)),
+            &format!("docker://{}/{repo}:v1", self.names.registry(self.pull)),
             &format!("oci:{}:v1", s(&dst)),
         ]));
         let index =
@@ -215,8 +262,8 @@ impl Client {
     /// bundle's own certificate is accepted. `repo` is one [`Client::push_and_pull`] made.
     pub fn check_refusals(&self, repo: &str) {
         let src = self.src_image(repo);
-        let pull_host = registry_host(self.pull);
-        let push_host = registry_host(self.push);
+        let pull_host = self.names.registry(self.pull);
+        let push_host = self.names.registry(self.push);
 
         // A push to the pull port: denied, with the registry-style body (no HTML from nginx).
         let out = output(self.skopeo(&self.home).args([
@@ -315,7 +362,7 @@ impl Client {
     fn trust_only_the_server(&self, home: &Path) -> PathBuf {
         let d = home.join(format!(
             ".config/containers/certs.d/{}",
-            registry_host(self.push)
+            self.names.registry(self.push)
         ));
         std::fs::create_dir_all(&d).expect("creating certs.d");
         std::fs::copy(&self.server_ca, d.join("ca.crt")).expect("copying the CA");

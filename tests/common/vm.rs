@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -507,7 +507,12 @@ impl Drop for FileServer {
 
 /// Whether 127.0.0.1:`port` can be bound right now.
 pub fn port_free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
+    port_free_on(Ipv4Addr::LOCALHOST, port)
+}
+
+/// Whether `address`:`port` can be bound right now.
+pub fn port_free_on(address: Ipv4Addr, port: u16) -> bool {
+    TcpListener::bind((address, port)).is_ok()
 }
 
 // ---- guest inputs ---------------------------------------------------------------------------
@@ -568,7 +573,10 @@ pub struct VmSpec {
     pub name: String,
     pub disk: PathBuf,
     pub seed: PathBuf,
-    /// (host port on 127.0.0.1, guest port); SSH is added.
+    /// The host's loopback address the forwards (and SSH) listen on: one of its own per
+    /// VM, so the guest's ports can be the same on the host and a test name can map to it.
+    pub address: Ipv4Addr,
+    /// (host port on `address`, guest port); SSH is added.
     pub forwards: Vec<(u16, u16)>,
     /// Where serial.log and qemu.log go.
     pub log_dir: PathBuf,
@@ -581,6 +589,8 @@ const KERNEL_PANIC: &str = "Kernel panic - not syncing";
 /// A running QEMU guest; killed when dropped.
 pub struct Vm {
     pub name: String,
+    /// The host address its forwards listen on ([`VmSpec::address`]).
+    pub address: Ipv4Addr,
     pub ssh_port: u16,
     pub serial: PathBuf,
     key: PathBuf,
@@ -594,9 +604,10 @@ impl Vm {
     pub fn start(spec: &VmSpec, key: &SshKey) -> Vm {
         std::fs::create_dir_all(&spec.log_dir).expect("creating the VM log dir");
         let ssh_port = super::free_port();
-        let mut netdev = format!("user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
+        let address = spec.address;
+        let mut netdev = format!("user,id=n0,hostfwd=tcp:{address}:{ssh_port}-:22");
         for (host, guest) in &spec.forwards {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+            netdev.push_str(&format!(",hostfwd=tcp:{address}:{host}-:{guest}"));
         }
         let serial = spec.log_dir.join("serial.log");
         let mut cmd = Command::new("qemu-system-x86_64");
@@ -619,7 +630,7 @@ impl Vm {
             .arg("-serial")
             .arg(format!("file:{}", s(&serial)));
         progress(&format!(
-            "booting {} (ssh on 127.0.0.1:{ssh_port}, forwards {:?}, serial {})",
+            "booting {} (ssh on {address}:{ssh_port}, forwards {:?}, serial {})",
             spec.name,
             spec.forwards,
             serial.display()
@@ -627,6 +638,7 @@ impl Vm {
         let qemu = Background::start(&spec.name, &mut cmd, &spec.log_dir.join("qemu.log"));
         Vm {
             name: spec.name.clone(),
+            address,
             ssh_port,
             serial,
             key: key.private.clone(),
@@ -659,8 +671,8 @@ impl Vm {
                 // A guest under TCG on a loaded host can stall for tens of seconds (seen:
                 // a session cut after 30 s, with nothing on stderr at LogLevel=ERROR).
                 "ServerAliveCountMax=12",
-                "debian@127.0.0.1",
-            ]);
+            ])
+            .arg(format!("debian@{}", self.address));
         cmd
     }
 
