@@ -136,13 +136,21 @@ pub fn bundle_tar_gz(spec: &BundleSpec<'_>) -> Result<Vec<u8>> {
         // containerd reads its files through hosts.toml; the others find them by name.
         let containerd = tool == "containerd";
         let push_files = [
-            ("hosts.toml", 0o644, containerd.then_some(push_toml.as_bytes())),
+            (
+                "hosts.toml",
+                0o644,
+                containerd.then_some(push_toml.as_bytes()),
+            ),
             ("ca.crt", 0o644, Some(spec.server_ca_pem)),
             ("client.cert", 0o644, Some(spec.client_cert_pem)),
             ("client.key", 0o600, Some(spec.client_key_pem)),
         ];
         let pull_files = [
-            ("hosts.toml", 0o644, containerd.then_some(pull_toml.as_bytes())),
+            (
+                "hosts.toml",
+                0o644,
+                containerd.then_some(pull_toml.as_bytes()),
+            ),
             ("ca.crt", 0o644, Some(spec.server_ca_pem)),
         ];
         entries.push((format!("{top}/{tool}/"), 0o755, None));
@@ -533,7 +541,10 @@ mod tests {
                 assert!(single.contains(&want), "{want} not in {single:?}");
             }
         }
-        assert!(!single.iter().any(|n| n.contains("certs.d/vm/")), "{single:?}");
+        assert!(
+            !single.iter().any(|n| n.contains("certs.d/vm/")),
+            "{single:?}"
+        );
     }
 
     #[test]
@@ -749,7 +760,10 @@ mod tests {
             fsutil::write_atomic(&bin.join(name), text.as_bytes(), 0o755).unwrap();
         }
         let script = check.replace("/etc/containers/certs.d", &certs.display().to_string());
-        assert_ne!(script, check, "the check does not use /etc/containers/certs.d");
+        assert_ne!(
+            script, check,
+            "the check does not use /etc/containers/certs.d"
+        );
         let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
         let out = std::process::Command::new("bash")
             .args(["-euo", "pipefail", "-c", &script])

@@ -281,7 +281,10 @@ mod tests {
             user("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_ID=\"12\"\nID=debian\n"),
             Some("debian")
         );
-        assert_eq!(user("NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n"), Some("ubuntu"));
+        assert_eq!(
+            user("NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n"),
+            Some("ubuntu")
+        );
         assert_eq!(user("ID=\"fedora\"\n"), None);
         assert_eq!(user(""), None);
     }
