@@ -675,7 +675,7 @@ mod tests {
             blocks(&["Copy the bundle off the registry"]),
             "ssh ADMIN@reg.example.com sudo cat /var/lib/regimage/out/ci.tar.gz > ci.tar.gz\n"
         );
-        assert!(readme.contains("replace `ADMIN`"), "{readme}");
+        assert!(readme.contains("Replace `ADMIN`"), "{readme}");
         assert_eq!(
             blocks(&["Podman, Buildah and Skopeo", "Push"]),
             "podman tag localhost/myimage:1.0 reg.example.com:4443/ci/myimage:1.0\n\
