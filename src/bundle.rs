@@ -1,10 +1,11 @@
 //! Client bundles: one NAME.tar.gz per client with the certs.d layouts and a README.
 //!
 //! A bundle holds, under one top directory NAME/, the server CA and the client pair in
-//! containers/image's layout (`containers/certs.d/HOST:PORT/{ca.crt,client.cert,client.key}`)
-//! and in Docker's (`docker/certs.d/...`), plus README.md with the commands to install and use
-//! it. Bundles are reproducible: fixed owners, modes and times, so the same certificates give
-//! the same bytes and a rerun leaves an unchanged bundle alone.
+//! containers/image's layout (`containers/certs.d/HOST:PORT/{ca.crt,client.cert,client.key}`),
+//! in Docker's (`docker/certs.d/...`) and in containerd's (`containerd/certs.d/HOST:PORT/`, the
+//! same files plus a `hosts.toml` naming them), plus README.md with the commands to install and
+//! use it. Bundles are reproducible: fixed owners, modes and times, so the same certificates
+//! give the same bytes and a rerun leaves an unchanged bundle alone.
 
 use std::fs;
 use std::net::IpAddr;
@@ -16,11 +17,16 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::distro::Distro;
 use crate::fsutil;
 use crate::pki::{self, Action, PkiPaths};
 
 /// The README template (tera), rendered into every bundle.
 pub const README_TEMPLATE: &str = include_str!("../templates/bundle-README.md");
+
+/// The README's stand-in for the login that copies bundles off, when the machine's cloud
+/// image is not one regimage knows.
+const LOGIN_PLACEHOLDER: &str = "ADMIN";
 
 /// The output directory holds client keys: root only.
 const OUTPUT_DIR_MODE: u32 = 0o700;
@@ -36,6 +42,11 @@ pub struct BundleSpec<'a> {
     pub push_port: u16,
     pub pull_port: u16,
     pub organization: &'a str,
+    /// Where the bundle lies on the registry, for the README's copy command.
+    pub bundle_path: &'a Path,
+    /// The cloud image's default user (it has sudo), for the README's copy command; `None`
+    /// when unknown, and the README shows a placeholder.
+    pub login_user: Option<&'a str>,
     pub server_ca_pem: &'a [u8],
     pub client_cert_pem: &'a [u8],
     pub client_key_pem: &'a [u8],
@@ -93,7 +104,11 @@ pub fn render_readme(spec: &BundleSpec<'_>) -> Result<String> {
     let mut context = tera::Context::new();
     context.insert("name", spec.client);
     context.insert("host", spec.host);
+    context.insert("single_label", &!names_a_registry(&url_host(spec.host)));
     context.insert("organization", spec.organization);
+    context.insert("bundle_path", &spec.bundle_path.display().to_string());
+    context.insert("login_known", &spec.login_user.is_some());
+    context.insert("ssh_user", spec.login_user.unwrap_or(LOGIN_PLACEHOLDER));
     context.insert("push_host", &registry_host(spec.host, spec.push_port));
     context.insert("pull_host", &registry_host(spec.host, spec.pull_port));
     context.insert("ca_sha256", &ca_sha256);
@@ -110,38 +125,44 @@ pub fn bundle_tar_gz(spec: &BundleSpec<'_>) -> Result<Vec<u8>> {
     let top = spec.client;
     let push = registry_host(spec.host, spec.push_port);
     let pull = registry_host(spec.host, spec.pull_port);
+    let push_toml = hosts_toml(&push, true);
+    let pull_toml = hosts_toml(&pull, false);
     let mut entries: Vec<(String, u32, Option<&[u8]>)> = vec![
         (format!("{top}/"), 0o755, None),
         (format!("{top}/README.md"), 0o644, Some(readme.as_bytes())),
     ];
-    for tool in ["containers", "docker"] {
+    for tool in ["containers", "docker", "containerd"] {
         let certs_d = format!("{top}/{tool}/certs.d");
-        entries.extend([
-            (format!("{top}/{tool}/"), 0o755, None),
-            (format!("{certs_d}/"), 0o755, None),
-            (format!("{certs_d}/{push}/"), 0o755, None),
+        // containerd reads its files through hosts.toml; the others find them by name.
+        let containerd = tool == "containerd";
+        let push_files = [
             (
-                format!("{certs_d}/{push}/ca.crt"),
+                "hosts.toml",
                 0o644,
-                Some(spec.server_ca_pem),
+                containerd.then_some(push_toml.as_bytes()),
             ),
+            ("ca.crt", 0o644, Some(spec.server_ca_pem)),
+            ("client.cert", 0o644, Some(spec.client_cert_pem)),
+            ("client.key", 0o600, Some(spec.client_key_pem)),
+        ];
+        let pull_files = [
             (
-                format!("{certs_d}/{push}/client.cert"),
+                "hosts.toml",
                 0o644,
-                Some(spec.client_cert_pem),
+                containerd.then_some(pull_toml.as_bytes()),
             ),
-            (
-                format!("{certs_d}/{push}/client.key"),
-                0o600,
-                Some(spec.client_key_pem),
-            ),
-            (format!("{certs_d}/{pull}/"), 0o755, None),
-            (
-                format!("{certs_d}/{pull}/ca.crt"),
-                0o644,
-                Some(spec.server_ca_pem),
-            ),
-        ]);
+            ("ca.crt", 0o644, Some(spec.server_ca_pem)),
+        ];
+        entries.push((format!("{top}/{tool}/"), 0o755, None));
+        entries.push((format!("{certs_d}/"), 0o755, None));
+        for (host, files) in [(&push, &push_files[..]), (&pull, &pull_files[..])] {
+            entries.push((format!("{certs_d}/{host}/"), 0o755, None));
+            for &(file, mode, data) in files {
+                if let Some(data) = data {
+                    entries.push((format!("{certs_d}/{host}/{file}"), mode, Some(data)));
+                }
+            }
+        }
     }
 
     let mut tar = tar::Builder::new(Vec::new());
@@ -175,6 +196,48 @@ pub fn bundle_tar_gz(spec: &BundleSpec<'_>) -> Result<Vec<u8>> {
     gz.finish().context("compressing the bundle")
 }
 
+/// containerd's `hosts.toml` for the registry host `host` (`HOST[:PORT]`, as in image
+/// references): that host only, with the CA and, for the push host, the client pair.
+///
+/// containerd 1.5+ (`remotes/docker/config/hosts.go`) looks for `certs.d/HOST:PORT/` (after
+/// `HOST_PORT_/`) under the hosts directory, named as the reference names the host (`vm:443`
+/// stays `vm:443`), and resolves relative `ca` and `client` paths against the directory of
+/// hosts.toml, so the directory works wherever it is installed. Its `[host]` table must be
+/// there: without one containerd 1.6 rejects the file and falls back to Docker's file pattern.
+pub fn hosts_toml(host: &str, push: bool) -> String {
+    let url = format!("https://{host}");
+    let (capabilities, client) = if push {
+        (
+            r#"["pull", "resolve", "push"]"#,
+            "\n  client = [[\"client.cert\", \"client.key\"]]",
+        )
+    } else {
+        (r#"["pull", "resolve"]"#, "")
+    };
+    format!(
+        "# containerd registry host config, made by regimage; paths are relative to this file.\n\
+         server = \"{url}\"\n\
+         \n\
+         [host.\"{url}\"]\n  \
+         capabilities = {capabilities}\n  \
+         ca = \"ca.crt\"{client}\n"
+    )
+}
+
+/// The cloud image's default user when the machine under `root` runs a distribution regimage
+/// knows and that user exists (a site may have set up another).
+fn cloud_login(root: &Path) -> Option<&'static str> {
+    let os_release = ["/etc/os-release", "/usr/lib/os-release"]
+        .iter()
+        .find_map(|p| fs::read_to_string(fsutil::under_root(root, Path::new(p))).ok())?;
+    let user = Distro::from_os_release(&os_release)?.cloud_user;
+    let passwd = fs::read_to_string(fsutil::under_root(root, Path::new("/etc/passwd"))).ok()?;
+    passwd
+        .lines()
+        .any(|line| line.split(':').next() == Some(user))
+        .then_some(user)
+}
+
 /// Writes NAME.tar.gz for every configured client into the output directory under `root`
 /// (0700), from the certificates in `paths`. An unchanged bundle is left as it is.
 pub fn write_bundles(
@@ -187,6 +250,7 @@ pub fn write_bundles(
     fsutil::refuse_symlink(&out_dir, "output-dir")?;
     fsutil::ensure_dir(&out_dir, OUTPUT_DIR_MODE)?;
     let server_ca_pem = read(&paths.ca_cert)?;
+    let login_user = cloud_login(root);
     let mut reports = Vec::new();
     for client in &config.clients {
         let cert_path = paths.client_cert(client);
@@ -196,12 +260,15 @@ pub fn write_bundles(
         let mtime = cert_times(&client_cert_pem)
             .with_context(|| format!("reading {}", cert_path.display()))?
             .0;
+        let bundle_path = config.output_dir.join(format!("{client}.tar.gz"));
         let spec = BundleSpec {
             client,
             host,
             push_port: config.ports.push,
             pull_port: config.ports.pull,
             organization: &config.organization,
+            bundle_path: &bundle_path,
+            login_user,
             server_ca_pem: &server_ca_pem,
             client_cert_pem: &client_cert_pem,
             client_key_pem: &client_key_pem,
@@ -255,171 +322,4 @@ fn cert_times(pem: &[u8]) -> Result<(u64, String)> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may panic; see STYLE.md
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    /// A throwaway CA-less pair is enough: the bundle code only copies and parses PEM.
-    fn self_signed(cn: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.not_before = rcgen::date_time_ymd(2025, 1, 2);
-        params.not_after = rcgen::date_time_ymd(2026, 2, 3);
-        let cert = params.self_signed(&key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn entries(bytes: &[u8]) -> Vec<(String, u32, u64, u64, u64, Vec<u8>)> {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-        archive
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let mut e = e.unwrap();
-                let h = e.header().clone();
-                let mut data = Vec::new();
-                e.read_to_end(&mut data).unwrap();
-                (
-                    e.path().unwrap().to_string_lossy().into_owned(),
-                    h.mode().unwrap(),
-                    h.uid().unwrap(),
-                    h.gid().unwrap(),
-                    h.mtime().unwrap(),
-                    data,
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn registry_host_drops_443_and_brackets_ipv6() {
-        assert_eq!(registry_host("reg.example.com", 443), "reg.example.com");
-        assert_eq!(
-            registry_host("reg.example.com", 4443),
-            "reg.example.com:4443"
-        );
-        assert_eq!(registry_host("192.0.2.1", 8443), "192.0.2.1:8443");
-        assert_eq!(registry_host("2001:db8::1", 4443), "[2001:db8::1]:4443");
-        assert_eq!(registry_host("2001:db8::1", 443), "[2001:db8::1]");
-        assert_eq!(registry_host("localhost", 443), "localhost");
-        // A single-label name would be read as a Docker Hub repository without the port.
-        assert_eq!(registry_host("vm", 443), "vm:443");
-        assert_eq!(registry_host("vm", 4443), "vm:4443");
-        assert_eq!(url_host("2001:db8::1"), "[2001:db8::1]");
-        assert_eq!(url_host("vm"), "vm");
-    }
-
-    #[test]
-    fn layout_modes_owners_and_reproducibility() {
-        let (ca, _) = self_signed("ca");
-        let (cert, key) = self_signed("ci");
-        let spec = BundleSpec {
-            client: "ci",
-            host: "reg.example.com",
-            push_port: 4443,
-            pull_port: 8443,
-            organization: "Example Org",
-            server_ca_pem: ca.as_bytes(),
-            client_cert_pem: cert.as_bytes(),
-            client_key_pem: key.as_bytes(),
-            mtime: 1_735_776_000,
-        };
-        let bytes = bundle_tar_gz(&spec).unwrap();
-        assert_eq!(bytes, bundle_tar_gz(&spec).unwrap(), "not reproducible");
-        let got = entries(&bytes);
-        let listing: Vec<(String, u32)> = got.iter().map(|e| (e.0.clone(), e.1)).collect();
-        let mut want = vec![("ci/".to_string(), 0o755), ("ci/README.md".into(), 0o644)];
-        for tool in ["containers", "docker"] {
-            let d = format!("ci/{tool}/certs.d");
-            want.extend([
-                (format!("ci/{tool}/"), 0o755),
-                (format!("{d}/"), 0o755),
-                (format!("{d}/reg.example.com:4443/"), 0o755),
-                (format!("{d}/reg.example.com:4443/ca.crt"), 0o644),
-                (format!("{d}/reg.example.com:4443/client.cert"), 0o644),
-                (format!("{d}/reg.example.com:4443/client.key"), 0o600),
-                (format!("{d}/reg.example.com:8443/"), 0o755),
-                (format!("{d}/reg.example.com:8443/ca.crt"), 0o644),
-            ]);
-        }
-        assert_eq!(listing, want);
-        for (path, _, uid, gid, mtime, data) in &got {
-            assert_eq!((*uid, *gid, *mtime), (0, 0, 1_735_776_000), "{path}");
-            if path.ends_with("ca.crt") {
-                assert_eq!(data, ca.as_bytes(), "{path}");
-            } else if path.ends_with("client.cert") {
-                assert_eq!(data, cert.as_bytes(), "{path}");
-            } else if path.ends_with("client.key") {
-                assert_eq!(data, key.as_bytes(), "{path}");
-            }
-        }
-        // A different time gives different bytes (the time really is in the archive).
-        let later = BundleSpec {
-            mtime: 1_735_776_001,
-            ..spec.clone()
-        };
-        assert_ne!(bytes, bundle_tar_gz(&later).unwrap());
-    }
-
-    #[test]
-    fn pull_on_443_is_the_bare_host() {
-        let (ca, _) = self_signed("ca");
-        let (cert, key) = self_signed("ci");
-        let spec = BundleSpec {
-            client: "build-1",
-            host: "reg.example.com",
-            push_port: 4443,
-            pull_port: 443,
-            organization: "Example Org",
-            server_ca_pem: ca.as_bytes(),
-            client_cert_pem: cert.as_bytes(),
-            client_key_pem: key.as_bytes(),
-            mtime: 0,
-        };
-        let names: Vec<String> = entries(&bundle_tar_gz(&spec).unwrap())
-            .into_iter()
-            .map(|e| e.0)
-            .collect();
-        assert!(names.contains(&"build-1/containers/certs.d/reg.example.com/ca.crt".to_string()));
-        assert!(names.contains(&"build-1/docker/certs.d/reg.example.com/ca.crt".to_string()));
-        assert!(!names.iter().any(|n| n.contains(":443/")), "{names:?}");
-    }
-
-    #[test]
-    fn readme_has_the_exact_commands() {
-        let (ca, _) = self_signed("ca");
-        let (cert, key) = self_signed("ci");
-        let spec = BundleSpec {
-            client: "ci",
-            host: "reg.example.com",
-            push_port: 4443,
-            pull_port: 443,
-            organization: "Example & <Org>",
-            server_ca_pem: ca.as_bytes(),
-            client_cert_pem: cert.as_bytes(),
-            client_key_pem: key.as_bytes(),
-            mtime: 0,
-        };
-        let readme = render_readme(&spec).unwrap();
-        for needle in [
-            "tar -xzf ci.tar.gz -C \"$dir\"",
-            "sudo cp -r \"$dir/ci/containers/certs.d/.\" /etc/containers/certs.d/",
-            "cp -r \"$dir/ci/containers/certs.d/.\" ~/.config/containers/certs.d/",
-            "sudo cp -r \"$dir/ci/docker/certs.d/.\" /etc/docker/certs.d/",
-            "skopeo copy oci-archive:myimage.tar docker://reg.example.com:4443/ci/myimage:1.0",
-            "podman push reg.example.com:4443/ci/myimage:1.0",
-            "podman pull reg.example.com/ci/myimage:1.0",
-            "valid until 2026-02-03T00:00:00Z",
-            // No HTML escaping in markdown.
-            "Example & <Org>",
-        ] {
-            assert!(readme.contains(needle), "missing {needle:?} in:\n{readme}");
-        }
-        let der = pem_der(ca.as_bytes()).unwrap();
-        assert!(readme.contains(&pki::fingerprint(&der)));
-        assert!(!readme.contains("{{"), "unrendered variable:\n{readme}");
-    }
-}
+mod tests;

@@ -80,6 +80,12 @@ pub struct DistroInfo {
     pub userns_note: Option<&'static str>,
     /// The official cloud image the bake can download, when regimage knows one.
     pub cloud_image: Option<CloudImage>,
+    /// `ID` in the distribution's `/etc/os-release`.
+    pub os_release_id: &'static str,
+    /// The login cloud-init creates on the distribution's cloud images (`system_info:
+    /// default_user` in their `/etc/cloud/cloud.cfg`), with passwordless sudo; root cannot
+    /// log in over ssh. The bundle README copies bundles off with it.
+    pub cloud_user: &'static str,
 }
 
 /// The table. Keep every distribution difference here, not in `if` statements elsewhere.
@@ -149,6 +155,9 @@ static TABLE: [DistroInfo; 2] = [
             file: "noble-server-cloudimg-amd64.img",
             sha256sums: "SHA256SUMS",
         }),
+        // Looked up: Ubuntu's cloud.cfg, default_user name "ubuntu".
+        os_release_id: "ubuntu",
+        cloud_user: "ubuntu",
     },
     DistroInfo {
         distro: Distro::Debian13,
@@ -199,6 +208,9 @@ static TABLE: [DistroInfo; 2] = [
         // Debian publishes cloud images with SHA512SUMS only; not wired up yet. Bake a Debian
         // base given as a file (the VM tests use image/build-debian-base.sh's).
         cloud_image: None,
+        // Looked up: Debian's cloud images (debian-cloud-images), default_user name "debian".
+        os_release_id: "debian",
+        cloud_user: "debian",
     },
 ];
 
@@ -225,6 +237,17 @@ impl Distro {
     pub fn id(self) -> &'static str {
         self.info().id
     }
+
+    /// The distribution family's row for an `/etc/os-release` text (its `ID`), whatever the
+    /// release: every Debian names its cloud user `debian`.
+    pub fn from_os_release(os_release: &str) -> Option<&'static DistroInfo> {
+        let id = os_release
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("ID="))?
+            .trim()
+            .trim_matches(|c| c == '"' || c == '\'');
+        TABLE.iter().find(|row| row.os_release_id == id)
+    }
 }
 
 impl fmt::Display for Distro {
@@ -249,6 +272,21 @@ mod tests {
         assert_eq!(Distro::default(), Distro::Ubuntu2404);
         assert_eq!(Distro::from_id("debian-13"), Some(Distro::Debian13));
         assert_eq!(Distro::from_id("debian-12"), None);
+    }
+
+    #[test]
+    fn cloud_user_from_os_release() {
+        let user = |text: &str| Distro::from_os_release(text).map(|row| row.cloud_user);
+        assert_eq!(
+            user("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_ID=\"12\"\nID=debian\n"),
+            Some("debian")
+        );
+        assert_eq!(
+            user("NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n"),
+            Some("ubuntu")
+        );
+        assert_eq!(user("ID=\"fedora\"\n"), None);
+        assert_eq!(user(""), None);
     }
 
     #[test]

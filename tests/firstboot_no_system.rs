@@ -240,22 +240,26 @@ fn no_system_makes_a_verified_pki_and_bundles() {
     let push = "reg.example.test:4443";
     let pull = "reg.example.test";
     let mut want = vec![("ci/".to_string(), 0o755), ("ci/README.md".into(), 0o644)];
-    for tool in ["containers", "docker"] {
+    for tool in ["containers", "docker", "containerd"] {
         let d = format!("ci/{tool}/certs.d");
+        // containerd's layout has a hosts.toml naming the files beside it.
+        let toml =
+            |host: &str| (tool == "containerd").then(|| (format!("{d}/{host}/hosts.toml"), 0o644));
+        want.extend([(format!("ci/{tool}/"), 0o755), (format!("{d}/"), 0o755)]);
+        want.push((format!("{d}/{push}/"), 0o755));
+        want.extend(toml(push));
         want.extend([
-            (format!("ci/{tool}/"), 0o755),
-            (format!("{d}/"), 0o755),
-            (format!("{d}/{push}/"), 0o755),
             (format!("{d}/{push}/ca.crt"), 0o644),
             (format!("{d}/{push}/client.cert"), 0o644),
             (format!("{d}/{push}/client.key"), 0o600),
             (format!("{d}/{pull}/"), 0o755),
-            (format!("{d}/{pull}/ca.crt"), 0o644),
         ]);
+        want.extend(toml(pull));
+        want.push((format!("{d}/{pull}/ca.crt"), 0o644));
     }
     assert_eq!(listing, want);
     let read = |rel: &str| std::fs::read(certs(root, rel)).expect("reading pki file");
-    for tool in ["containers", "docker"] {
+    for tool in ["containers", "docker", "containerd"] {
         let d = format!("ci/{tool}/certs.d");
         assert_eq!(contents[&format!("{d}/{push}/ca.crt")], read("ca/ca.crt"));
         assert_eq!(contents[&format!("{d}/{pull}/ca.crt")], read("ca/ca.crt"));

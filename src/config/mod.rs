@@ -268,8 +268,19 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        if let Some(hostname) = &self.hostname {
-            check_dns_name(hostname).map_err(|m| error("hostname", m))?;
+        // Any DNS name works for clients (bundle::registry_host keeps :443 for a single
+        // label, identity lowercases it), and so does an address, as in extra-names.
+        if let Some(hostname) = self
+            .hostname
+            .as_ref()
+            .filter(|h| h.parse::<IpAddr>().is_err())
+        {
+            check_dns_name(hostname).map_err(|m| {
+                error(
+                    "hostname",
+                    format!("{m}; an IPv4 or IPv6 address is accepted too"),
+                )
+            })?;
             if hostname.starts_with("*.") {
                 return Err(error(
                     "hostname",
@@ -498,6 +509,12 @@ mod tests {
         assert_eq!(err("- a\n- b\n").key, "(document)");
         assert_eq!(err("hostname: bad_host\n").key, "hostname");
         assert_eq!(err("hostname: '*.example.com'\n").key, "hostname");
+        // Names clients can use: a single label, upper case (lowercased later), addresses.
+        for name in ["vm", "Registry.Example.COM", "10.0.0.5", "'2001:db8::1'"] {
+            let c = Config::parse(&format!("hostname: {name}\n"), "t").unwrap();
+            assert_eq!(c.hostname.as_deref(), Some(name.trim_matches('\'')));
+        }
+        assert_eq!(err("hostname: 10.0.0.256\n").key, "hostname");
         assert_eq!(err("clients: [ci, ca]\n").key, "clients[1]");
         for alg in ["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-4096"] {
             let c = Config::parse(&format!("pki:\n  key-algorithm: {alg}\n"), "t").unwrap();

@@ -455,3 +455,56 @@ fn second_run_changes_nothing() {
     assert_eq!(fps(&first), fps(&second));
     assert_eq!(m.fake.migrations.get(), 1);
 }
+
+/// A single-label name keeps :443 in every name clients see: status.json, the console line,
+/// the bundles' certs.d directories and README; the README copies bundles off as the cloud
+/// image's default user found on the machine.
+#[test]
+fn single_label_name_keeps_443_for_clients() {
+    let mut m = machine(true);
+    m.config.hostname = Some("vm".into());
+    std::fs::write(
+        m.path("/etc/os-release"),
+        "NAME=\"Debian GNU/Linux\"\nID=debian\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.path("/etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\ndebian:x:1000:1000::/home/debian:/bin/bash\n",
+    )
+    .unwrap();
+    let status = m.run().unwrap();
+    assert!(status.ready, "{status:#?}");
+    assert_eq!(status.primary_name, "vm");
+    assert_eq!(status.endpoints.pull, "https://vm:443/");
+    assert_eq!(status.endpoints.push, "https://vm:4443/");
+    assert_eq!(
+        ready_line(&m.config, &status),
+        "regimage: registry ready: pull https://vm:443/ push https://vm:4443/ bundles in /var/lib/regimage/out"
+    );
+    let bundle = std::fs::read(m.path("/var/lib/regimage/out/ci.tar.gz")).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bundle[..]));
+    let mut names = Vec::new();
+    let mut readme = String::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        if name == "ci/README.md" {
+            std::io::Read::read_to_string(&mut entry, &mut readme).unwrap();
+        }
+        names.push(name);
+    }
+    for tool in ["containers", "docker", "containerd"] {
+        for dir in ["vm:443", "vm:4443"] {
+            let want = format!("ci/{tool}/certs.d/{dir}/ca.crt");
+            assert!(names.contains(&want), "{want} not in {names:?}");
+        }
+    }
+    for line in [
+        "ssh debian@vm sudo cat /var/lib/regimage/out/ci.tar.gz > ci.tar.gz",
+        "podman pull vm:443/ci/myimage:1.0",
+        "docker push vm:4443/ci/myimage:1.0",
+    ] {
+        assert!(readme.contains(line), "{line:?} not in:\n{readme}");
+    }
+}
