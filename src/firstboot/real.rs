@@ -646,6 +646,18 @@ mod tests {
     }
 
     #[test]
+    fn dpkg_query_on_this_machine() {
+        if which::which("dpkg-query").is_err() {
+            eprintln!("skipped: no dpkg-query");
+            return;
+        }
+        let missing = RealSystem::new()
+            .missing_packages(&["dpkg", "regimage-no-such-package"])
+            .unwrap();
+        assert_eq!(missing, ["regimage-no-such-package"]);
+    }
+
+    #[test]
     fn this_kernel_answers_about_ipv6() {
         // Whatever it says, it says it without an error.
         RealSystem::new().has_ipv6().unwrap();
