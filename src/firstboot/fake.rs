@@ -1,8 +1,9 @@
 //! A recording, in-memory [`System`] for the unit tests: users and groups, file owners,
-//! lingering, two kinds of systemd managers, ufw, Podman images and the health endpoints,
-//! with the effects the steps rely on (starting user@UID.service makes /run/user/UID under
-//! the test root; podman refuses to run before it exists; the registry answers only once
-//! its unit runs the tagged image). It can fail the N-th changing call to stand for a kill.
+//! lingering, two kinds of systemd managers, ufw, Podman images, the health endpoints,
+//! dpkg and apt, the kernel's IPv6 and a network that comes late (or never), with the
+//! effects the steps rely on (starting user@UID.service makes /run/user/UID under the test
+//! root; podman refuses to run before it exists; the registry answers only once its unit
+//! runs the tagged image). It can fail the N-th changing call to stand for a kill.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
