@@ -155,6 +155,54 @@ fn usable_name(name: &str) -> Option<String> {
     (!name.is_empty() && check_dns_name(&name).is_ok()).then_some(name)
 }
 
+/// What keeps clients from reaching this machine by a name in its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    /// No address but loopback and link-local ones.
+    pub address: bool,
+    /// No configured `hostname` and no host name but this placeholder (`localhost`).
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self
+            .name
+            .as_ref()
+            .map(|n| format!("no host name but {n:?} and no hostname in the site config"));
+        let parts: Vec<String> = self
+            .address
+            .then(|| "no network address but loopback and link-local ones".to_string())
+            .into_iter()
+            .chain(name)
+            .collect();
+        f.write_str(&parts.join(", and "))
+    }
+}
+
+/// What keeps clients from reaching this machine, or `None` when nothing does: it needs
+/// an address other than loopback and link-local, and a name (the configured `hostname`,
+/// else a host name other than `localhost`). With no network at first boot the
+/// certificate would otherwise name only `localhost` (issue 10).
+pub fn missing_for_clients(config: &Config, facts: &HostFacts) -> Option<Missing> {
+    let named = config.hostname.is_some()
+        || facts
+            .fqdn
+            .iter()
+            .chain(facts.hostname.iter())
+            .any(|n| !is_placeholder_name(n));
+    let missing = Missing {
+        address: facts.addresses.is_empty(),
+        name: (!named).then(|| facts.hostname.clone().unwrap_or_default()),
+    };
+    (missing.address || missing.name.is_some()).then_some(missing)
+}
+
+/// A name every machine has before it is given its own.
+fn is_placeholder_name(name: &str) -> bool {
+    name.is_empty() || name == "localhost" || name.starts_with("localhost.")
+}
+
 /// Merges the configured hostname, the extra names and the host's own names and addresses
 /// into the server certificate's SANs. Names that parse as IP addresses become IP SANs.
 pub fn server_sans(config: &Config, facts: &HostFacts) -> Sans {
@@ -258,6 +306,45 @@ mod tests {
         let sans = server_sans(&config, &HostFacts::default());
         assert_eq!(sans.primary_name, "localhost");
         assert_eq!(sans.dns_names, ["localhost"]);
+    }
+
+    #[test]
+    fn clients_need_an_address_and_a_real_name() {
+        let config = Config::default();
+        let missing = |c: &Config, f: &HostFacts| missing_for_clients(c, f).map(|m| m.to_string());
+        assert_eq!(
+            missing(&config, &facts(Some("vm1"), None, &["10.0.0.5"])),
+            None
+        );
+        assert_eq!(
+            missing(&config, &facts(Some("vm1"), None, &[])).unwrap(),
+            "no network address but loopback and link-local ones"
+        );
+        assert_eq!(
+            missing(&config, &facts(Some("localhost"), None, &["10.0.0.5"])).unwrap(),
+            "no host name but \"localhost\" and no hostname in the site config"
+        );
+        let both = missing_for_clients(&config, &HostFacts::default()).unwrap();
+        assert_eq!(
+            both,
+            Missing {
+                address: true,
+                name: Some(String::new())
+            }
+        );
+        assert!(
+            both.to_string().contains("ones, and no host name but \"\""),
+            "{both}"
+        );
+        // A configured name still needs an address: clients reach the machine through one.
+        let named = Config {
+            hostname: Some("localhost".into()),
+            ..Config::default()
+        };
+        assert_eq!(missing(&named, &facts(None, None, &["10.0.0.5"])), None);
+        assert!(missing(&named, &facts(Some("localhost"), None, &[])).is_some());
+        let fqdn = facts(Some("localhost"), Some("reg.lan"), &["fd00::5"]);
+        assert_eq!(missing(&config, &fqdn), None);
     }
 
     #[test]

@@ -607,16 +607,16 @@ fn units_pass_systemd_analyze_verify() {
         "systemd-analyze verify:\n{messages}"
     );
 
-    // The same check sees the cycle the firstboot unit must avoid. (systemd may break it
-    // by dropping a job and still exit 0, so the message is what counts, above too.)
+    // The same check sees the cycle the firstboot unit avoids by being After=
+    // multi-user.target as well as After=cloud-final.service. (systemd may break it by
+    // dropping a job and still exit 0, so the message is what counts, above too.)
     let fb = p(&root, "etc/systemd/system/regimage-firstboot.service");
     let good = fs::read_to_string(&fb).unwrap();
+    let after = "\nAfter=network-online.target multi-user.target cloud-final.service\n";
+    assert!(good.contains(after), "{good}");
     fs::write(
         &fb,
-        good.replace(
-            "\nAfter=network-online.target\n",
-            "\nAfter=network-online.target cloud-final.service\n",
-        ),
+        good.replace(after, "\nAfter=network-online.target cloud-final.service\n"),
     )
     .unwrap();
     let (_, messages) = analyze(&verify, &[]);

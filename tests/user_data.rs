@@ -301,9 +301,9 @@ fn file_owned_by_a_created_user_is_deferred() {
 }
 
 /// Runs the runcmd script cloud-init would write (its own shellify) with systemctl and curl
-/// faked and the machine paths moved under a temporary directory. Returns (exit success,
-/// systemctl calls, installed binary if any).
-fn run_runcmd(served: &[u8], sha256_of: &[u8]) -> (bool, String, Option<Vec<u8>>) {
+/// faked (`served: None`: the download fails) and the machine paths moved under a temporary
+/// directory. Returns (exit success, systemctl calls, installed binary if any, stderr).
+fn run_runcmd(served: Option<&[u8]>, sha256_of: &[u8]) -> (bool, String, Option<Vec<u8>>, String) {
     let dir = tempfile::tempdir().unwrap();
     let binary = BinaryPayload::Url {
         url: "https://example.com/regimage".into(),
@@ -334,7 +334,9 @@ fn run_runcmd(served: &[u8], sha256_of: &[u8]) -> (bool, String, Option<Vec<u8>>
     let shims = dir.path().join("shims");
     fs::create_dir(&shims).unwrap();
     let served_path = dir.path().join("served");
-    fs::write(&served_path, served).unwrap();
+    if let Some(served) = served {
+        fs::write(&served_path, served).unwrap();
+    }
     let log = dir.path().join("systemctl.log");
     for (name, body) in [
         ("systemctl", format!("echo \"$*\" >> '{}'\n", log.display())),
@@ -342,7 +344,8 @@ fn run_runcmd(served: &[u8], sha256_of: &[u8]) -> (bool, String, Option<Vec<u8>>
             // Writes the served bytes to the --output path.
             "curl",
             format!(
-                "while [ $# -gt 0 ]; do if [ \"$1\" = --output ]; then cp '{}' \"$2\"; fi; shift; done\n",
+                "[ -e '{0}' ] || {{ echo 'curl: (6) Could not resolve host' >&2; exit 6; }}\n\
+                 while [ $# -gt 0 ]; do if [ \"$1\" = --output ]; then cp '{0}' \"$2\"; fi; shift; done\n",
                 served_path.display()
             ),
         ),
@@ -356,38 +359,45 @@ fn run_runcmd(served: &[u8], sha256_of: &[u8]) -> (bool, String, Option<Vec<u8>>
         fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
         fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
-    let status = Command::new("/bin/sh")
+    let out = Command::new("/bin/sh")
         .arg(&script_path)
         .env("PATH", format!("{}:/usr/bin:/bin", shims.display()))
-        .status()
+        .output()
         .unwrap();
     let calls = fs::read_to_string(&log).unwrap_or_default();
     let installed = fs::read(bin_dir.join("regimage")).ok();
-    (status.success(), calls, installed)
+    (out.status.success(), calls, installed, text(&out.stderr))
 }
 
 #[test]
 fn runcmd_installs_a_matching_download_and_refuses_a_mismatch() {
     let good = b"\x7fELF the real regimage";
-    let (ok, calls, installed) = run_runcmd(good, good);
+    let queued = "daemon-reload\nenable regimage-firstboot.service\n\
+                  start --no-block regimage-firstboot.service\n";
+    let (ok, calls, installed, _) = run_runcmd(Some(good), good);
     assert!(ok, "script failed; systemctl calls: {calls}");
     assert_eq!(installed.as_deref(), Some(&good[..]));
-    assert!(calls.contains("disable --now nginx.service"), "{calls}");
-    assert!(
-        calls.contains("enable regimage-firstboot.service"),
-        "{calls}"
-    );
-    assert!(
-        calls.ends_with("start --no-block regimage-firstboot.service\n"),
-        "{calls}"
-    );
+    assert_eq!(calls, format!("{queued}disable --now nginx.service\n"));
 
-    let (ok, calls, installed) = run_runcmd(b"\x7fELF tampered", good);
+    // A failed step stops the script, and says why on the console; first boot was queued
+    // before it (it runs after cloud-final, and again at every boot until it finishes).
+    let (ok, calls, installed, stderr) = run_runcmd(Some(b"\x7fELF tampered"), good);
     assert!(!ok, "a mismatching download did not stop the script");
     assert_eq!(installed, None, "a mismatching download was installed");
+    assert_eq!(calls, queued);
     assert!(
-        !calls.contains("regimage-firstboot"),
-        "first boot was touched: {calls}"
+        stderr.contains("regimage: the downloaded binary does not match --binary-sha256"),
+        "{stderr}"
+    );
+    let (ok, calls, installed, stderr) = run_runcmd(None, good);
+    assert!(!ok && installed.is_none());
+    assert_eq!(calls, queued);
+    assert!(
+        stderr.contains(
+            "regimage: downloading https://example.com/regimage failed (curl exit 6): no \
+             /"
+        ) && stderr.contains("/usr/local/bin/regimage, so regimage-firstboot.service cannot run"),
+        "{stderr}"
     );
 }
 

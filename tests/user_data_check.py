@@ -98,7 +98,8 @@ def check(doc):
     for item in runcmd:
         expect(isinstance(item, str) or is_str_list(item), f"runcmd item {item!r} is not a string or a list of strings")
     expect(runcmd[0] == "set -eu", f"runcmd[0] is {runcmd[0]!r}")
-    expect(runcmd[-1] == ["systemctl", "start", "--no-block", "regimage-firstboot.service"], f"runcmd ends with {runcmd[-1]!r}")
+    # First boot enabled and queued before anything that can fail (issue 10).
+    expect(runcmd[3] == ["systemctl", "start", "--no-block", "regimage-firstboot.service"], f"runcmd[3] is {runcmd[3]!r}")
 
     return {
         "packages": doc["packages"],

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::ConfigArg;
 use crate::error::UsageError;
-use crate::firstboot::{Mode, Options, DEFAULT_HEALTH_TIMEOUT_SECS};
+use crate::firstboot::{Mode, Options, DEFAULT_HEALTH_TIMEOUT_SECS, DEFAULT_NETWORK_TIMEOUT_SECS};
 
 #[derive(Debug, Args)]
 pub struct FirstbootArgs {
@@ -31,6 +31,10 @@ pub struct FirstbootArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub health_timeout: u64,
+    /// How long to wait for a network address and a host name clients can use before
+    /// giving up without issuing a certificate (0: look once).
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_NETWORK_TIMEOUT_SECS)]
+    pub network_timeout: u64,
 }
 
 impl FirstbootArgs {
@@ -55,6 +59,7 @@ impl FirstbootArgs {
         Ok(Mode::System(Options {
             dry_run: self.dry_run,
             health_timeout: Duration::from_secs(self.health_timeout),
+            network_timeout: Duration::from_secs(self.network_timeout),
         }))
     }
 }
@@ -75,15 +80,22 @@ mod tests {
 
     #[test]
     fn flags_to_modes() {
-        let mode = firstboot(&["--dry-run", "--health-timeout", "30"])
-            .unwrap()
-            .mode()
-            .unwrap();
+        let mode = firstboot(&[
+            "--dry-run",
+            "--health-timeout",
+            "30",
+            "--network-timeout",
+            "0",
+        ])
+        .unwrap()
+        .mode()
+        .unwrap();
         assert_eq!(
             mode,
             Mode::System(Options {
                 dry_run: true,
-                health_timeout: Duration::from_secs(30)
+                health_timeout: Duration::from_secs(30),
+                network_timeout: Duration::ZERO,
             })
         );
         let mode = firstboot(&[]).unwrap().mode().unwrap();
@@ -91,7 +103,8 @@ mod tests {
             mode,
             Mode::System(Options {
                 dry_run: false,
-                health_timeout: Duration::from_secs(DEFAULT_HEALTH_TIMEOUT_SECS)
+                health_timeout: Duration::from_secs(DEFAULT_HEALTH_TIMEOUT_SECS),
+                network_timeout: Duration::from_secs(DEFAULT_NETWORK_TIMEOUT_SECS),
             })
         );
         let mode = firstboot(&["--no-system", "--root", "/tmp/x"])

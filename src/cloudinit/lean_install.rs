@@ -1,6 +1,6 @@
 //! The appliance's packages installed as an exact list, on both paths (user-data and the
 //! bake), set up in bootcmd before cloud-init's `packages` runs (`guest/lean-install.sh`)
-//! and undone first thing in runcmd (`guest/lean-install-done.sh`):
+//! and undone early in runcmd (`guest/lean-install-done.sh`):
 //! - apt installs no Recommends: they added buildah, criu, gnupg's agents and a C
 //!   preprocessor, 73 packages where 36 do (Debian 13);
 //! - `apt-get update` fetches no translated descriptions (`Acquire::Languages "none"`):
@@ -17,7 +17,7 @@ use crate::yaml_out::Value;
 
 /// bootcmd, once per instance: the apt setting and the initramfs bind mount.
 pub(super) const LEAN_INSTALL_SH: &str = include_str!("guest/lean-install.sh");
-/// First in runcmd: removes both again.
+/// Early in runcmd: removes both again.
 pub(super) const LEAN_INSTALL_DONE_SH: &str = include_str!("guest/lean-install-done.sh");
 /// apt's setting for the install; removed by runcmd, and a baked image is refused with it.
 pub(super) const LEAN_APT_CONF: &str = "/etc/apt/apt.conf.d/90regimage-install";

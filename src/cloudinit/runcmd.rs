@@ -1,5 +1,5 @@
-//! The runcmd of cloud user-data ([`super::Mode::FirstBoot`]): disable the distribution's
-//! nginx, install the binary when it is downloaded, enable and start first boot.
+//! The runcmd of cloud user-data ([`super::Mode::FirstBoot`]): enable and queue first boot,
+//! install the binary when it is downloaded, disable the distribution's nginx.
 
 use super::{BinaryPayload, BINARY_PATH, DOWNLOAD_PATH, FIRSTBOOT_UNIT};
 use crate::distro::Distro;
@@ -9,17 +9,26 @@ use crate::yaml_out::Value;
 pub(super) const INSTALL_BINARY_SH: &str = include_str!("guest/install-binary.sh");
 
 /// The runcmd list. cloud-init writes it as one `#!/bin/sh` script with no `-e`, so the
-/// first line adds it: a failed step (above all a binary that fails its checksum) must
-/// stop the script before the first-boot service is enabled.
+/// first line adds it: a failed step (a binary that fails its checksum) stops the script.
+/// First boot is enabled and queued before anything that can fail: it runs once
+/// cloud-final has ended whatever happened here, and again at every boot until it
+/// finishes, and it installs packages a failed `packages` module left out itself (its
+/// packages step). A failed step here is on the console (cloud-final's output), never a
+/// silent dead end (issue 10).
 pub(super) fn runcmd(binary: &BinaryPayload, distro: Distro) -> Vec<Value> {
     let info = distro.info();
     let mut cmds = vec![
         Value::str("set -eu"),
+        // The unit file came with write_files (deferred, before runcmd).
+        Value::strs(["systemctl", "daemon-reload"]),
+        Value::strs(["systemctl", "enable", FIRSTBOOT_UNIT]),
+        // --no-block: runcmd runs inside cloud-final.service and the unit is After= it, so
+        // the job waits for cloud-final to end; blocking here would deadlock. On this first
+        // boot the unit's file did not exist when multi-user.target was queued, so runcmd
+        // starts it; on later boots multi-user.target does.
+        Value::strs(["systemctl", "start", "--no-block", FIRSTBOOT_UNIT]),
         // The packages are in: apt and update-initramfs behave as usual again.
         super::lean_install::runcmd(),
-        // The distribution's nginx starts on install and holds port 80; ours is
-        // registry-proxy.service with its own config.
-        Value::strs(["systemctl", "disable", "--now", info.distro_nginx_unit]),
     ];
     if let BinaryPayload::Url { url, sha256 } = binary {
         // The script is an argument of `sh -c`, its parameters the arguments after it:
@@ -36,21 +45,14 @@ pub(super) fn runcmd(binary: &BinaryPayload, distro: Distro) -> Vec<Value> {
             FIRSTBOOT_UNIT,
         ]));
     }
-    cmds.push(Value::strs(["systemctl", "daemon-reload"]));
-    // Enabled so an interrupted first boot resumes on the next boot.
-    cmds.push(Value::strs(["systemctl", "enable", FIRSTBOOT_UNIT]));
-    // --no-block: runcmd runs inside cloud-final.service. The unit is WantedBy=
-    // multi-user.target and therefore NOT After=cloud-final.service (cloud-final is after
-    // multi-user.target: that pair is an ordering cycle); on this first boot its file did
-    // not exist when multi-user.target was queued, so runcmd starts it. Blocking would hold
-    // cloud-final (and `cloud-init status --wait`) for all of first boot, and deadlock if
-    // the unit ever gained After=cloud-final.service. Queued, it runs beside the rest of
-    // cloud-final, after the packages and deferred files it needs are in place.
+    // The distribution's nginx starts on install and holds port 80; ours is
+    // registry-proxy.service with its own config. (First boot turns it off too, should
+    // this fail because nginx did not install.)
     cmds.push(Value::strs([
         "systemctl",
-        "start",
-        "--no-block",
-        FIRSTBOOT_UNIT,
+        "disable",
+        "--now",
+        info.distro_nginx_unit,
     ]));
     cmds
 }
@@ -80,9 +82,27 @@ mod tests {
         ]);
         let pos = |v: &Value| cmds.iter().position(|c| c == v);
         let enable = pos(&Value::strs(["systemctl", "enable", FIRSTBOOT_UNIT])).unwrap();
-        // Installed (or stopped) before first boot is enabled.
-        assert!(pos(&install).unwrap() < enable);
+        let start = pos(&Value::strs([
+            "systemctl",
+            "start",
+            "--no-block",
+            FIRSTBOOT_UNIT,
+        ]))
+        .unwrap();
         assert_eq!(cmds[0], Value::str("set -eu"));
+        // Enabled and queued before anything that can fail, the download included; the
+        // distribution's nginx (absent when its package failed) last.
+        assert_eq!((enable, start), (2, 3));
+        assert_eq!(pos(&install), Some(5));
+        assert_eq!(
+            cmds.last(),
+            Some(&Value::strs([
+                "systemctl",
+                "disable",
+                "--now",
+                "nginx.service"
+            ]))
+        );
         // Nothing is downloaded when the binary is embedded.
         let embedded = runcmd(&BinaryPayload::Embedded(vec![1]), Distro::Debian13);
         assert_eq!(embedded.len(), cmds.len() - 1);

@@ -1,8 +1,9 @@
 //! A recording, in-memory [`System`] for the unit tests: users and groups, file owners,
-//! lingering, two kinds of systemd managers, ufw, Podman images and the health endpoints,
-//! with the effects the steps rely on (starting user@UID.service makes /run/user/UID under
-//! the test root; podman refuses to run before it exists; the registry answers only once
-//! its unit runs the tagged image). It can fail the N-th changing call to stand for a kill.
+//! lingering, two kinds of systemd managers, ufw, Podman images, the health endpoints,
+//! dpkg and apt, the kernel's IPv6 and a network that comes late (or never), with the
+//! effects the steps rely on (starting user@UID.service makes /run/user/UID under the test
+//! root; podman refuses to run before it exists; the registry answers only once its unit
+//! runs the tagged image). It can fail the N-th changing call to stand for a kill.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,6 +89,15 @@ pub struct FakeSystem {
     /// The proxy's start job stays queued (an ordering cycle with the first-boot unit).
     pub proxy_job_held: Cell<bool>,
     pub migrations: Cell<u32>,
+    /// The kernel gives out IPv6 sockets (false: booted with ipv6.disable=1).
+    pub ipv6: Cell<bool>,
+    /// How many `host_facts` calls answer as a machine without network (host name
+    /// `localhost`, no address) before `facts`; `usize::MAX`: the network never comes.
+    pub offline_polls: Cell<usize>,
+    /// Packages dpkg does not have; every other name is installed.
+    pub missing: RefCell<BTreeSet<String>>,
+    /// `apt-get` fails (a dead mirror).
+    pub apt_broken: Cell<bool>,
     clock: Cell<Duration>,
 }
 
@@ -111,6 +121,10 @@ impl FakeSystem {
             ssh_ports: RefCell::new(Some(vec![22])),
             proxy_job_held: Cell::new(false),
             migrations: Cell::new(0),
+            ipv6: Cell::new(true),
+            offline_polls: Cell::new(0),
+            missing: RefCell::new(BTreeSet::new()),
+            apt_broken: Cell::new(false),
             clock: Cell::new(Duration::ZERO),
         }
     }
@@ -200,14 +214,30 @@ impl FakeSystem {
 
 fn known_unit(manager: Manager, unit: &str) -> bool {
     match manager {
-        Manager::System => unit == "registry-proxy.service" || unit.starts_with("user@"),
+        Manager::System => {
+            unit == "registry-proxy.service" || unit == DISTRO_NGINX || unit.starts_with("user@")
+        }
         Manager::User(_) => unit == "registry.service",
     }
 }
 
+/// The distribution's own nginx, which its package enables and starts on install.
+const DISTRO_NGINX: &str = "nginx.service";
+
 impl System for FakeSystem {
     fn host_facts(&self) -> HostFacts {
         self.look("host_facts".into());
+        let offline = self.offline_polls.get();
+        if offline > 0 {
+            if offline != usize::MAX {
+                self.offline_polls.set(offline - 1);
+            }
+            return HostFacts {
+                hostname: Some("localhost".into()),
+                fqdn: None,
+                addresses: Vec::new(),
+            };
+        }
         self.facts.clone()
     }
 
@@ -342,6 +372,21 @@ impl System for FakeSystem {
         }
     }
 
+    fn has_ipv6(&self) -> Result<bool> {
+        self.look("has_ipv6".into());
+        Ok(self.ipv6.get())
+    }
+
+    fn missing_packages(&self, packages: &[&str]) -> Result<Vec<String>> {
+        self.look(format!("missing_packages {}", packages.join(" ")));
+        let missing = self.missing.borrow();
+        Ok(packages
+            .iter()
+            .filter(|p| missing.contains(**p))
+            .map(|p| p.to_string())
+            .collect())
+    }
+
     fn elapsed(&self) -> Duration {
         self.clock.get()
     }
@@ -448,6 +493,39 @@ impl System for FakeSystem {
             .entry((manager, unit.to_string()))
             .or_default()
             .enabled = true;
+        Ok(())
+    }
+
+    fn disable_unit(&self, manager: Manager, unit: &str) -> Result<()> {
+        self.change(format!("disable_unit {manager:?} {unit}"))?;
+        if !known_unit(manager, unit) {
+            bail!("Unit file {unit} does not exist.");
+        }
+        let mut state = self.state.borrow_mut();
+        let u = state.units.entry((manager, unit.to_string())).or_default();
+        u.enabled = false;
+        u.active = false;
+        Ok(())
+    }
+
+    fn install_packages(&self, packages: &[String]) -> Result<()> {
+        self.change(format!("install_packages {}", packages.join(" ")))?;
+        if self.apt_broken.get() {
+            bail!("apt-get update failed: Temporary failure resolving 'deb.debian.org'");
+        }
+        for p in packages {
+            self.missing.borrow_mut().remove(p);
+            if p == "nginx" {
+                // The package's postinst enables and starts the distribution's nginx.
+                let mut state = self.state.borrow_mut();
+                let u = state
+                    .units
+                    .entry((Manager::System, DISTRO_NGINX.to_string()))
+                    .or_default();
+                u.enabled = true;
+                u.active = true;
+            }
+        }
         Ok(())
     }
 

@@ -1,10 +1,11 @@
 //! `regimage firstboot`: turns a booted machine into a ready registry.
 //!
 //! regimage-firstboot.service runs it once (the unit's condition skips it after
-//! /var/lib/regimage/firstboot.done exists). Nine steps run in order, each looking before
+//! /var/lib/regimage/firstboot.done exists). Ten steps run in order, each looking before
 //! it changes anything, so a run killed anywhere is finished by the next one and a run on a
-//! ready machine changes nothing: host identity, certificates, users, the user manager,
-//! the registry image, the firewall, the services, health, client bundles. Then the status
+//! ready machine changes nothing: host identity (waiting for an address and a name),
+//! packages, certificates, users, the user manager, the registry image, the firewall, the
+//! services, health, client bundles. Then the status
 //! file, then the marker, last. Every system operation goes through one trait,
 //! [`system::System`]; the unit tests run all steps against a recording fake.
 //!
@@ -44,6 +45,9 @@ use system::{ReadOnly, System};
 
 /// The health wait when --health-timeout is not given: TCG virtual machines are slow.
 pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 180;
+/// The wait for an address and a name when --network-timeout is not given: DHCP and a
+/// slow link, not a machine that has no network at all.
+pub const DEFAULT_NETWORK_TIMEOUT_SECS: u64 = 120;
 
 /// What `regimage firstboot` does: the whole machine, or only files under a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +63,8 @@ pub enum Mode {
 pub struct Options {
     pub dry_run: bool,
     pub health_timeout: Duration,
+    /// How long host identity waits for an address and a name clients can use.
+    pub network_timeout: Duration,
 }
 
 /// What a `--no-system` run found and did.
@@ -73,8 +79,9 @@ pub struct Outcome {
 type StepFn = fn(&mut Ctx<'_>) -> Result<()>;
 
 /// The steps, in the order they run; the names go into the status file and the journal.
-pub const STEPS: [(&str, StepFn); 9] = [
+pub const STEPS: [(&str, StepFn); 10] = [
     ("host-identity", steps::host_identity),
+    ("packages", steps::packages),
     ("pki", steps::pki),
     ("users", steps::users),
     ("user-manager", steps::user_manager),

@@ -184,6 +184,26 @@ fn read_text(path: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {path} (is ufw installed?)"))
 }
 
+/// Bounds of first boot's own package install (`timeout` seconds).
+const APT_UPDATE_SECS: &str = "300";
+const APT_INSTALL_SECS: &str = "900";
+
+/// The names among `wanted` that `dpkg-query -W -f='${db:Status-Status} ${Package}\n'`
+/// output does not list as installed.
+fn packages_not_installed(dpkg_query: &str, wanted: &[&str]) -> Vec<String> {
+    let installed: Vec<&str> = dpkg_query
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("installed "))
+        // Multi-arch names come back as name:arch.
+        .map(|p| p.split(':').next().unwrap_or(p))
+        .collect();
+    wanted
+        .iter()
+        .filter(|p| !installed.contains(p))
+        .map(|p| p.to_string())
+        .collect()
+}
+
 const UFW_USER_RULES: &str = "/etc/ufw/user.rules";
 const UFW_USER6_RULES: &str = "/etc/ufw/user6.rules";
 
@@ -309,6 +329,33 @@ impl System for RealSystem {
             .with_context(|| format!("reading curl's HTTP status for {}", probe.url))
     }
 
+    fn has_ipv6(&self) -> Result<bool> {
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+        // What nginx does for `listen [::]:PORT`: a kernel booted with ipv6.disable=1 (or
+        // built without IPv6) refuses the socket with EAFNOSUPPORT. The socket closes on drop.
+        match socket(
+            AddressFamily::Inet6,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        ) {
+            Ok(_) => Ok(true),
+            Err(nix::errno::Errno::EAFNOSUPPORT) => Ok(false),
+            Err(e) => Err(e).context("opening an IPv6 socket to see whether the kernel has IPv6"),
+        }
+    }
+
+    fn missing_packages(&self, packages: &[&str]) -> Result<Vec<String>> {
+        // dpkg-query prints nothing on stdout for a name it has never seen (exit 1), and
+        // "deinstall"/"not-installed" for removed ones: only "installed" counts.
+        let out = command("dpkg-query")
+            .args(["-W", "-f=${db:Status-Status} ${Package}\\n"])
+            .args(packages)
+            .run_unchecked()
+            .context("asking dpkg which packages are installed")?;
+        Ok(packages_not_installed(&out.stdout_text(), packages))
+    }
+
     fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
@@ -385,6 +432,33 @@ impl System for RealSystem {
                 .run()
                 .with_context(|| format!("enabling {unit} for user managers")),
         }
+    }
+
+    fn disable_unit(&self, manager: Manager, unit: &str) -> Result<()> {
+        systemctl(manager)
+            .args(["disable", "--now", unit])
+            .run()
+            .with_context(|| format!("disabling and stopping {unit} in {manager}"))
+    }
+
+    fn install_packages(&self, packages: &[String]) -> Result<()> {
+        // Bounded: a dead mirror must not hold first boot (and the boot) for the unit's
+        // whole TimeoutStartSec. No Recommends, as the image build installs them.
+        let apt = |args: &[&str], secs: &str| {
+            let mut cmd = command("timeout");
+            cmd.args(["--kill-after=30", secs, "apt-get", "-q", "-y"])
+                .args(["-o", "DPkg::Lock::Timeout=120"])
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            cmd
+        };
+        apt(&["update"], APT_UPDATE_SECS)
+            .run()
+            .context("updating the package lists (apt-get update)")?;
+        apt(&["install", "--no-install-recommends"], APT_INSTALL_SECS)
+            .args(packages)
+            .run()
+            .with_context(|| format!("installing {}", packages.join(" ")))
     }
 
     fn ufw_write_rules(&self, edits: &[UfwCommand], ipv6: bool) -> Result<()> {
@@ -557,6 +631,36 @@ mod tests {
         assert_eq!(status.load_state, "not-found");
         let e = status_from_properties(&[], Manager::System, "x.service").unwrap_err();
         assert!(e.to_string().contains("no LoadState for x.service"), "{e}");
+    }
+
+    #[test]
+    fn dpkg_query_output_to_missing_packages() {
+        // dpkg-query -W of podman, nginx (removed, config kept), libc6 (multi-arch), and a
+        // name it never saw (nothing printed for it).
+        let out = "installed podman\ndeinstall nginx\ninstalled libc6:amd64\n";
+        assert_eq!(
+            packages_not_installed(out, &["podman", "nginx", "libc6", "gone"]),
+            ["nginx", "gone"]
+        );
+        assert!(packages_not_installed(out, &["podman"]).is_empty());
+    }
+
+    #[test]
+    fn dpkg_query_on_this_machine() {
+        if which::which("dpkg-query").is_err() {
+            eprintln!("skipped: no dpkg-query");
+            return;
+        }
+        let missing = RealSystem::new()
+            .missing_packages(&["dpkg", "regimage-no-such-package"])
+            .unwrap();
+        assert_eq!(missing, ["regimage-no-such-package"]);
+    }
+
+    #[test]
+    fn this_kernel_answers_about_ipv6() {
+        // Whatever it says, it says it without an error.
+        RealSystem::new().has_ipv6().unwrap();
     }
 
     #[test]

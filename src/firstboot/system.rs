@@ -1,7 +1,7 @@
 //! The one seam between first boot and the machine: every operation on users and groups,
-//! file owners, logind, systemd, ufw, sshd's effective ports, Podman and the health probes
-//! goes through [`System`]. Plain files under the root directory (subuid, the PKI, the
-//! status file) are read and written directly. `real.rs` implements the trait on the
+//! file owners, logind, systemd, ufw, sshd's effective ports, Podman, the health probes,
+//! dpkg and apt, and the kernel's IPv6 goes through [`System`]. Plain files under the root
+//! directory (subuid, the PKI, nginx.conf, the status file) are read and written directly. `real.rs` implements the trait on the
 //! running host (through commands), `fake.rs` in memory for the unit tests, and [`ReadOnly`]
 //! guards --dry-run.
 
@@ -145,6 +145,10 @@ pub trait System {
     fn podman_images(&self, user: &PodmanUser) -> Result<Vec<PodmanImage>>;
     /// Sends one GET; the HTTP status, or an error saying why there was none.
     fn http_status(&self, probe: &Probe) -> Result<u16>;
+    /// Whether the kernel gives out IPv6 sockets (not when booted with ipv6.disable=1).
+    fn has_ipv6(&self) -> Result<bool>;
+    /// Which of `packages` dpkg does not have installed, in the order given.
+    fn missing_packages(&self, packages: &[&str]) -> Result<Vec<String>>;
     /// Time since this system handle was made (monotonic).
     fn elapsed(&self) -> Duration;
     fn sleep(&self, duration: Duration);
@@ -160,6 +164,10 @@ pub trait System {
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()>;
     /// Enables the unit so its manager starts it at every boot.
     fn enable_unit(&self, manager: Manager, unit: &str) -> Result<()>;
+    /// Disables the unit and stops it (`systemctl disable --now`).
+    fn disable_unit(&self, manager: Manager, unit: &str) -> Result<()>;
+    /// `apt-get update`, then installs `packages` (no Recommends), bounded in time.
+    fn install_packages(&self, packages: &[String]) -> Result<()>;
     /// Makes the `Allow` and `Delete` edits in ufw's rules files (user.rules, user6.rules),
     /// each file written atomically; a running firewall enforces them after the next
     /// enable or reload. `ipv6` is ufw's IPV6 setting.
@@ -216,6 +224,12 @@ impl System for ReadOnly<'_> {
     fn http_status(&self, probe: &Probe) -> Result<u16> {
         self.0.http_status(probe)
     }
+    fn has_ipv6(&self) -> Result<bool> {
+        self.0.has_ipv6()
+    }
+    fn missing_packages(&self, packages: &[&str]) -> Result<Vec<String>> {
+        self.0.missing_packages(packages)
+    }
     fn elapsed(&self) -> Duration {
         self.0.elapsed()
     }
@@ -242,6 +256,12 @@ impl System for ReadOnly<'_> {
     }
     fn enable_unit(&self, _: Manager, _: &str) -> Result<()> {
         refuse("enable a unit")
+    }
+    fn disable_unit(&self, _: Manager, _: &str) -> Result<()> {
+        refuse("disable a unit")
+    }
+    fn install_packages(&self, _: &[String]) -> Result<()> {
+        refuse("install packages")
     }
     fn ufw_write_rules(&self, _: &[UfwCommand], _: bool) -> Result<()> {
         refuse("write firewall rules")
@@ -322,6 +342,12 @@ mod tests {
             fn http_status(&self, _: &Probe) -> Result<u16> {
                 Ok(200)
             }
+            fn has_ipv6(&self) -> Result<bool> {
+                Ok(true)
+            }
+            fn missing_packages(&self, _: &[&str]) -> Result<Vec<String>> {
+                Ok(vec![])
+            }
             fn elapsed(&self) -> Duration {
                 Duration::ZERO
             }
@@ -345,6 +371,12 @@ mod tests {
                 panic!("reached the real system")
             }
             fn enable_unit(&self, _: Manager, _: &str) -> Result<()> {
+                panic!("reached the real system")
+            }
+            fn disable_unit(&self, _: Manager, _: &str) -> Result<()> {
+                panic!("reached the real system")
+            }
+            fn install_packages(&self, _: &[String]) -> Result<()> {
                 panic!("reached the real system")
             }
             fn ufw_write_rules(&self, _: &[UfwCommand], _: bool) -> Result<()> {
@@ -387,6 +419,8 @@ mod tests {
             ro.daemon_reload(Manager::System),
             ro.start_unit(Manager::System, "x"),
             ro.enable_unit(Manager::System, "x"),
+            ro.disable_unit(Manager::System, "x"),
+            ro.install_packages(&["x".into()]),
             ro.ufw_write_rules(&[], true),
             ro.ufw(&UfwCommand::Enable),
             ro.podman_load(&user, Path::new("/x")),

@@ -1,4 +1,4 @@
-//! Step 6: ufw, with SSH kept reachable on the ports sshd listens on. The rules go into
+//! Step 7: ufw, with SSH kept reachable on the ports sshd listens on. The rules go into
 //! ufw's files in one atomic write per file and ufw loads them once (enable or reload).
 
 use std::path::Path;
@@ -10,7 +10,7 @@ use crate::cloudinit;
 use crate::firstboot::ufw::{self, UfwCommand, Wanted};
 use crate::fsutil;
 
-/// Step 6: ufw. SSH stays reachable, the pull port opens (to pull-allowed-cidrs when set),
+/// Step 7: ufw. SSH stays reachable, the pull port opens (to pull-allowed-cidrs when set),
 /// the push port only for push-allowed-cidrs, the registry port never; deny by default;
 /// enabled last.
 pub fn firewall(ctx: &mut Ctx<'_>) -> Result<()> {

@@ -1,16 +1,24 @@
-//! Steps 1 and 2: the names the registry answers to, and the certificates for them.
+//! Steps 1 and 3: the names the registry answers to, and the certificates for them.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 
 use super::Ctx;
-use crate::identity;
+use crate::identity::{self, HostFacts};
 use crate::pki::{self, Action, PkiPaths};
+use crate::render::INSTALLED_CONFIG_PATH;
+
+/// How often the wait for an address and a name looks again (each look may ask the
+/// resolver for the FQDN).
+const NETWORK_POLL: Duration = Duration::from_secs(1);
 
 /// Step 1: the names and addresses clients use, merged into the server certificate's SANs.
+/// Waits (up to --network-timeout) for an address and a name clients can use, and stops
+/// before anything is issued when they do not come.
 pub fn host_identity(ctx: &mut Ctx<'_>) -> Result<()> {
-    let facts = ctx.sys.host_facts();
+    let facts = wait_for_network(ctx)?;
     let sans = identity::server_sans(ctx.config, &facts);
     if sans.primary_name.starts_with("*.") {
         bail!(
@@ -34,7 +42,59 @@ pub fn host_identity(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Step 2: the certificates. Existing valid ones are kept; a CA is never made again (a CA
+/// The host's facts once it has an address and a name clients can use (see
+/// [`identity::missing_for_clients`]); an error saying what is missing and what to do when
+/// they do not come within --network-timeout. A dry run only says what it would wait for.
+fn wait_for_network(ctx: &mut Ctx<'_>) -> Result<HostFacts> {
+    let timeout = ctx.opts.network_timeout;
+    let start = ctx.sys.elapsed();
+    let mut waited = false;
+    loop {
+        let facts = ctx.sys.host_facts();
+        let Some(missing) = identity::missing_for_clients(ctx.config, &facts) else {
+            if waited {
+                let secs = ctx.sys.elapsed().saturating_sub(start).as_secs();
+                ctx.note(format!("an address and a name came after {secs} s"));
+            }
+            return Ok(facts);
+        };
+        if ctx.opts.dry_run {
+            ctx.note(format!(
+                "{missing} yet: a run waits up to {} s for them, then stops",
+                timeout.as_secs()
+            ));
+            return Ok(facts);
+        }
+        if ctx.sys.elapsed().saturating_sub(start) >= timeout {
+            let mut todo = Vec::new();
+            if missing.address {
+                todo.push(
+                    "connect it to a network that gives it an address (DHCP or a static one)"
+                        .to_string(),
+                );
+            }
+            if missing.name.is_some() {
+                todo.push(format!(
+                    "set hostname in {INSTALLED_CONFIG_PATH} or give the machine a host name"
+                ));
+            }
+            bail!(
+                "no certificate issued: after {} s this machine has {missing}, so clients \
+                 could not reach it by a name in its certificate; {}; first boot tries again \
+                 at the next boot (or run `systemctl restart regimage-firstboot.service`)",
+                timeout.as_secs(),
+                todo.join(" and ")
+            );
+        }
+        if !waited {
+            tracing::info!("waiting up to {} s: {missing}", timeout.as_secs());
+            waited = true;
+        }
+        ctx.sys.sleep(NETWORK_POLL);
+    }
+}
+
+/// Step 3: the certificates. Existing valid ones are kept; a CA is never made again (a CA
 /// key left without its certificate by a kill between the two writes gets its certificate
 /// again, from that key: see pki/ca.rs).
 pub fn pki(ctx: &mut Ctx<'_>) -> Result<()> {

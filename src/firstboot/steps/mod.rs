@@ -8,14 +8,18 @@
 
 mod firewall;
 mod identity_pki;
+mod listeners;
 mod output;
+mod packages;
 mod services;
 mod user_manager;
 mod users;
 
 pub use firewall::firewall;
 pub use identity_pki::{host_identity, pki};
+pub use listeners::without_ipv6_listeners;
 pub use output::output;
+pub use packages::packages;
 pub use services::{health, services};
 pub use user_manager::{registry_image, user_manager};
 pub use users::users;

@@ -1,4 +1,4 @@
-//! Step 9: the client bundles in the output directory.
+//! Step 10: the client bundles in the output directory.
 
 use anyhow::Result;
 
@@ -7,7 +7,7 @@ use crate::bundle;
 use crate::pki::{Action, PkiPaths};
 use crate::render;
 
-/// Step 9: the client bundles in the output directory (root only).
+/// Step 10: the client bundles in the output directory (root only).
 pub fn output(ctx: &mut Ctx<'_>) -> Result<()> {
     let host = ctx.sans()?.primary_name.clone();
     if ctx.opts.dry_run {

@@ -1,4 +1,5 @@
-//! Steps 7 and 8: the registry and the proxy enabled and started, then checked over TLS.
+//! Steps 8 and 9: the registry and the proxy enabled and started (the proxy's IPv6
+//! listeners out first on a kernel without IPv6), then checked over TLS.
 
 use std::cell::RefCell;
 use std::time::Duration;
@@ -10,9 +11,10 @@ use crate::bundle;
 use crate::firstboot::system::{Manager, Probe};
 use crate::pki::PkiPaths;
 
-/// Step 7: the registry (the service user's manager) and the proxy (the system manager)
+/// Step 8: the registry (the service user's manager) and the proxy (the system manager)
 /// enabled for later boots and started now.
 pub fn services(ctx: &mut Ctx<'_>) -> Result<()> {
+    super::listeners::ipv6_listeners(ctx)?;
     let Some(user) = ctx.service_user("the registry and the proxy are started")? else {
         return Ok(());
     };
@@ -53,7 +55,7 @@ pub fn services(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Step 8: the registry answers on loopback and the proxy on the pull port, over TLS checked
+/// Step 9: the registry answers on loopback and the proxy on the pull port, over TLS checked
 /// with the new server CA; bounded by --health-timeout.
 pub fn health(ctx: &mut Ctx<'_>) -> Result<()> {
     let host = ctx.sans()?.primary_name.clone();

@@ -1,4 +1,4 @@
-//! Steps 4 and 5: the service user's systemd manager (lingering, started, Podman migrated
+//! Steps 5 and 6: the service user's systemd manager (lingering, started, Podman migrated
 //! after new subordinate ids), and the pinned registry image in its storage.
 
 use std::fs;
@@ -11,7 +11,7 @@ use crate::firstboot::system::{Manager, PodmanImage};
 use crate::oci_archive;
 use crate::render;
 
-/// Step 4: lingering (logind), the user's manager running, its runtime directory, and
+/// Step 5: lingering (logind), the user's manager running, its runtime directory, and
 /// `podman system migrate` when the subordinate ids changed.
 pub fn user_manager(ctx: &mut Ctx<'_>) -> Result<()> {
     let Some(user) = ctx.service_user("lingering and the user manager follow")? else {
@@ -106,7 +106,7 @@ pub fn user_manager(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Step 5: the pinned registry image in the service user's storage, verified by ID and
+/// Step 6: the pinned registry image in the service user's storage, verified by ID and
 /// tagged for the unit. A baked archive is checked against the pin before it is loaded.
 pub fn registry_image(ctx: &mut Ctx<'_>) -> Result<()> {
     let image = ctx.config.image_ref()?;

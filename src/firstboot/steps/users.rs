@@ -1,4 +1,4 @@
-//! Step 3: the service and proxy users, their subordinate ids, Podman's directories, the
+//! Step 4: the service and proxy users, their subordinate ids, Podman's directories, the
 //! registry's storage and registry.env, and the proxy's group on the keys nginx reads.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use crate::fsutil;
 use crate::pki::PkiPaths;
 use crate::render;
 
-/// Step 3: the service user, the proxy user, subordinate ids, Podman's state directories,
+/// Step 4: the service user, the proxy user, subordinate ids, Podman's state directories,
 /// the registry's storage, registry.env, and the proxy's group on the keys nginx reads.
 pub fn users(ctx: &mut Ctx<'_>) -> Result<()> {
     let service_name = ctx.config.service_user.clone();

@@ -21,6 +21,7 @@ use crate::oci_archive::PinMismatch;
 mod calls;
 mod crash;
 mod dry_run;
+mod edges;
 mod existing;
 mod health;
 mod image;
@@ -114,6 +115,7 @@ fn opts() -> Options {
     Options {
         dry_run: false,
         health_timeout: Duration::from_secs(180),
+        network_timeout: Duration::from_secs(120),
     }
 }
 
@@ -357,9 +359,11 @@ fn clean_run_makes_a_ready_machine() {
     )
     .unwrap();
     assert_eq!(json["ready"], true);
-    assert_eq!(json["steps"].as_array().unwrap().len(), 9);
-    assert!(json["steps"][1]["duration_ms"].is_u64());
-    assert_eq!(json["steps"][1]["result"], "changed");
+    assert_eq!(json["steps"].as_array().unwrap().len(), STEPS.len());
+    let pki = &json["steps"][2];
+    assert_eq!(pki["name"], "pki");
+    assert!(pki["duration_ms"].is_u64());
+    assert_eq!(pki["result"], "changed");
     // host-identity only looks: no empty "changes" list, and a ready run has no "error".
     assert_eq!(json["steps"][0]["name"], "host-identity");
     assert!(json["steps"][0].get("changes").is_none(), "{json:#}");
