@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 
 pub mod client;
 pub mod loopback;
+pub mod netns;
+pub mod readme;
 pub mod vm;
 
 /// The regimage binary cargo built for this test run.
@@ -80,6 +82,13 @@ fn sha256_hex(data: &[u8]) -> String {
 /// Writes an OCI image layout at `dir` holding one image tagged `tag`, whose single layer
 /// carries `hello.txt` with `text`. Returns the manifest digest (`sha256:...`).
 pub fn make_oci_layout(dir: &Path, tag: &str, text: &str) -> String {
+    make_oci_layout_layers(dir, tag, &[text])
+}
+
+/// Writes an OCI image layout at `dir` holding one image tagged `tag` with one layer per
+/// element of `texts`, each a `hello.txt` (layer N as `hello-N.txt` after the first) with
+/// that text. Returns the manifest digest (`sha256:...`).
+pub fn make_oci_layout_layers(dir: &Path, tag: &str, texts: &[&str]) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).expect("creating blobs dir");
     let put = |data: &[u8]| -> (String, usize) {
@@ -88,29 +97,41 @@ pub fn make_oci_layout(dir: &Path, tag: &str, text: &str) -> String {
         (format!("sha256:{hex}"), data.len())
     };
 
-    let mut tar_bytes = Vec::new();
-    {
-        let mut tar = tar::Builder::new(&mut tar_bytes);
-        let mut header = tar::Header::new_gnu();
-        header.set_size(text.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_cksum();
-        tar.append_data(&mut header, "hello.txt", text.as_bytes())
-            .expect("adding layer file");
-        tar.finish().expect("finishing layer tar");
+    let mut diff_ids = Vec::new();
+    let mut layers = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let file = if i == 0 {
+            "hello.txt".to_string()
+        } else {
+            format!("hello-{i}.txt")
+        };
+        let mut tar_bytes = Vec::new();
+        {
+            let mut tar = tar::Builder::new(&mut tar_bytes);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_cksum();
+            tar.append_data(&mut header, &file, text.as_bytes())
+                .expect("adding layer file");
+            tar.finish().expect("finishing layer tar");
+        }
+        diff_ids.push(format!("sha256:{}", sha256_hex(&tar_bytes)));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar_bytes).expect("compressing layer");
+        let layer = gz.finish().expect("finishing gzip");
+        let (layer_digest, layer_size) = put(&layer);
+        layers.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": layer_digest, "size": layer_size}));
     }
-    let diff_id = format!("sha256:{}", sha256_hex(&tar_bytes));
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar_bytes).expect("compressing layer");
-    let layer = gz.finish().expect("finishing gzip");
-    let (layer_digest, layer_size) = put(&layer);
 
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": {"Cmd": ["/hello.txt"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let config_bytes = serde_json::to_vec(&config).expect("encoding config");
     let (config_digest, config_size) = put(&config_bytes);
@@ -120,8 +141,7 @@ pub fn make_oci_layout(dir: &Path, tag: &str, text: &str) -> String {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": layer_digest, "size": layer_size}],
+        "layers": layers,
     });
     let manifest_bytes = serde_json::to_vec(&manifest).expect("encoding manifest");
     let (manifest_digest, manifest_size) = put(&manifest_bytes);
