@@ -380,9 +380,7 @@ fn docker_pulls_100_layers_with_default_limits() {
     let ctx = Ctx::start("bigpull.example.test");
     let (pull, push) = (ctx.pull.clone(), ctx.push.clone());
     let layout = ctx.cwd.join("big");
-    let texts: Vec<String> = (0..100).map(|i| format!("layer {i}\n")).collect();
-    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    common::make_oci_layout_layers(&layout, "1", &texts);
+    common::make_oci_layout_layers(&layout, "1", "big\n", 100);
     // In through the push port with skopeo and the bundle's certificate.
     ctx.readme(&[UNPACK, &["Docker", "Install"], CLEAN_UP]);
     let certs = ctx.ns.etc(&format!("docker/certs.d/{push}"));

@@ -82,13 +82,34 @@ fn sha256_hex(data: &[u8]) -> String {
 /// Writes an OCI image layout at `dir` holding one image tagged `tag`, whose single layer
 /// carries `hello.txt` with `text`. Returns the manifest digest (`sha256:...`).
 pub fn make_oci_layout(dir: &Path, tag: &str, text: &str) -> String {
-    make_oci_layout_layers(dir, tag, &[text])
+    make_oci_layout_layers(dir, tag, text, 1)
 }
 
-/// Writes an OCI image layout at `dir` holding one image tagged `tag` with one layer per
-/// element of `texts`, each a `hello.txt` (layer N as `hello-N.txt` after the first) with
-/// that text. Returns the manifest digest (`sha256:...`).
-pub fn make_oci_layout_layers(dir: &Path, tag: &str, texts: &[&str]) -> String {
+/// One gzipped tar layer holding `name` with `text`; returns it and its diff ID.
+fn tar_gz_layer(name: &str, text: &str) -> (Vec<u8>, String) {
+    let mut tar_bytes = Vec::new();
+    {
+        let mut tar = tar::Builder::new(&mut tar_bytes);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, name, text.as_bytes())
+            .expect("adding layer file");
+        tar.finish().expect("finishing layer tar");
+    }
+    let diff_id = format!("sha256:{}", sha256_hex(&tar_bytes));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar_bytes).expect("compressing layer");
+    (gz.finish().expect("finishing gzip"), diff_id)
+}
+
+/// [`make_oci_layout`] with `layers` layers: the first is its one layer (`hello.txt` with
+/// `text`), layer `i` after it holds `layer-i.txt` with `i` and `text`, so two images with
+/// different `text` share no blob. Returns the manifest digest.
+pub fn make_oci_layout_layers(dir: &Path, tag: &str, text: &str, layers: usize) -> String {
+    assert!(layers >= 1, "an image needs a layer");
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).expect("creating blobs dir");
     let put = |data: &[u8]| -> (String, usize) {
@@ -97,34 +118,18 @@ pub fn make_oci_layout_layers(dir: &Path, tag: &str, texts: &[&str]) -> String {
         (format!("sha256:{hex}"), data.len())
     };
 
-    let mut diff_ids = Vec::new();
-    let mut layers = Vec::new();
-    for (i, text) in texts.iter().enumerate() {
-        let file = if i == 0 {
-            "hello.txt".to_string()
+    let (mut diff_ids, mut descriptors) = (Vec::new(), Vec::new());
+    for i in 0..layers {
+        let (layer, diff_id) = if i == 0 {
+            tar_gz_layer("hello.txt", text)
         } else {
-            format!("hello-{i}.txt")
+            tar_gz_layer(&format!("layer-{i}.txt"), &format!("{i} {text}"))
         };
-        let mut tar_bytes = Vec::new();
-        {
-            let mut tar = tar::Builder::new(&mut tar_bytes);
-            let mut header = tar::Header::new_gnu();
-            header.set_size(text.len() as u64);
-            header.set_mode(0o644);
-            header.set_mtime(0);
-            header.set_cksum();
-            tar.append_data(&mut header, &file, text.as_bytes())
-                .expect("adding layer file");
-            tar.finish().expect("finishing layer tar");
-        }
-        diff_ids.push(format!("sha256:{}", sha256_hex(&tar_bytes)));
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&tar_bytes).expect("compressing layer");
-        let layer = gz.finish().expect("finishing gzip");
-        let (layer_digest, layer_size) = put(&layer);
-        layers.push(serde_json::json!({
+        let (digest, size) = put(&layer);
+        diff_ids.push(diff_id);
+        descriptors.push(serde_json::json!({
             "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": layer_digest, "size": layer_size}));
+            "digest": digest, "size": size}));
     }
 
     let config = serde_json::json!({
@@ -141,7 +146,7 @@ pub fn make_oci_layout_layers(dir: &Path, tag: &str, texts: &[&str]) -> String {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": config_digest, "size": config_size},
-        "layers": layers,
+        "layers": descriptors,
     });
     let manifest_bytes = serde_json::to_vec(&manifest).expect("encoding manifest");
     let (manifest_digest, manifest_size) = put(&manifest_bytes);
