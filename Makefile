@@ -31,7 +31,8 @@ lint: deps
 	shellcheck -x src/cloudinit/guest/*.sh image/*.sh scripts/*.sh bench/*.sh
 
 # Unit tests, the CLI and user-data tests, and the root-only tests with real nginx,
-# the Distribution registry, skopeo and cloud-init (marked #[ignore] for plain `cargo test`).
+# the Distribution registry, skopeo, cloud-init, and Podman, dockerd and containerd in network
+# namespaces (tests/clients.rs) (marked #[ignore] for plain `cargo test`).
 # The VM tests (tests/e2e.rs) are `make e2e`.
 unit: deps
 	$(CARGO) test --all-targets -- --include-ignored --skip e2e_

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs on a Debian machine, and only what is missing: real nginx, the
-# Distribution registry, skopeo and curl for the loopback tests; cloud-init for the schema check;
+# Distribution registry, skopeo and curl for the loopback tests; Podman, Docker (docker.io),
+# containerd and iproute2 for the real-client tests (tests/clients.rs); cloud-init for the schema check;
 # QEMU, mmdebstrap and the disk tools for image/'s recipes and the VM tests; shellcheck for
 # `make lint`; clippy and rustfmt. `make test` and .ci/run both call it.
 # Prints nothing and changes nothing when everything is there. Installing needs root.
@@ -11,6 +12,7 @@ packages=(
   cloud-init python3-yaml systemd genisoimage shellcheck
   qemu-system-x86 mmdebstrap fdisk e2fsprogs dosfstools mtools grub-common grub-pc-bin
   grub-efi-amd64-bin openssh-client jq binutils python3 util-linux
+  podman docker.io containerd iproute2
 )
 
 missing=()
@@ -42,10 +44,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-test-deps: installed ${#missing[@]} packages" >&2
 fi
 
-# nginx's package starts its default site on port 80; the tests run their own nginx.
-if [ "$(id -u)" -eq 0 ] && systemctl is-enabled --quiet nginx.service 2>/dev/null; then
-  echo "install-test-deps: disabling the packaged nginx.service (the tests run their own nginx)" >&2
-  systemctl disable --now nginx.service >/dev/null 2>&1 || true
+# nginx's package starts its default site on port 80, docker.io and containerd their daemons;
+# the tests run their own (in their own network namespaces), so the packaged units stay off.
+if [ "$(id -u)" -eq 0 ]; then
+  for unit in nginx.service docker.socket docker.service containerd.service; do
+    if systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+      echo "install-test-deps: disabling the packaged $unit (the tests run their own)" >&2
+      systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 if [ "${#rust_components[@]}" -gt 0 ]; then

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::client::{self, Client};
+use super::netns::Netns;
 use super::vm::Background;
 use super::{regimage, require_tool, run_ok, s, test_dir};
 
@@ -24,6 +25,29 @@ pub struct Loopback {
     pub work: PathBuf,
     /// What `regimage render` and `firstboot --no-system` wrote (stands for `/`).
     pub root: PathBuf,
+    _site: Site,
+}
+
+/// Where and under which names a site runs (tests/clients.rs: real names and the standard
+/// ports inside a network namespace).
+pub struct SiteOptions<'a> {
+    pub hostname: &'a str,
+    pub extra_names: &'a [&'a str],
+    pub pull: u16,
+    pub push: u16,
+    pub registry: u16,
+    /// Appended to the site config (the names and ports are set from the fields above).
+    pub extra_config: &'a str,
+    /// Run the registry and nginx inside this namespace (`ip netns exec`).
+    pub netns: Option<&'a Netns>,
+}
+
+/// The registry and nginx of one site; they stop and the directory goes when this is
+/// dropped.
+pub struct Site {
+    pub registry_port: u16,
+    pub work: PathBuf,
+    pub root: PathBuf,
     // Dropped in this order: nginx, the registry, then the directory.
     _nginx: Background,
     _registry: Background,
@@ -33,6 +57,39 @@ pub struct Loopback {
 /// Starts the registry and nginx as the appliance runs them; `extra_config` is appended to
 /// the site config (the ports and names are set here).
 pub fn start(extra_config: &str) -> Loopback {
+    let (pull, push, registry) = (super::free_port(), super::free_port(), super::free_port());
+    assert!(pull != push && push != registry && pull != registry);
+    let site = start_site(&SiteOptions {
+        hostname: "localhost",
+        extra_names: &["127.0.0.1"],
+        pull,
+        push,
+        registry,
+        extra_config,
+        netns: None,
+    });
+    // Install the client bundle as its README says, per user: ~/.config/containers/certs.d.
+    let client_work = site.work.join("client");
+    std::fs::create_dir(&client_work).expect("creating the client dir");
+    let client = client::install_bundle(
+        &site.root.join("var/lib/regimage/out/ci.tar.gz"),
+        "ci",
+        &client_work,
+        pull,
+        push,
+    );
+    Loopback {
+        client,
+        registry_port: site.registry_port,
+        work: site.work.clone(),
+        root: site.root.clone(),
+        _site: site,
+    }
+}
+
+/// Renders the site config of `opts`, runs `firstboot --no-system` (certificates, bundles
+/// under root/var/lib/regimage/out), then starts the registry and nginx.
+pub fn start_site(opts: &SiteOptions<'_>) -> Site {
     for (tool, package) in [
         ("nginx", "nginx-light"),
         ("docker-registry", "docker-registry"),
@@ -46,14 +103,16 @@ pub fn start(extra_config: &str) -> Loopback {
     let work = dir.path().to_path_buf();
     let root = work.join("root");
     std::fs::create_dir(&root).expect("creating root");
-    let (pull, push, registry_port) = (super::free_port(), super::free_port(), super::free_port());
-    assert!(pull != push && push != registry_port && pull != registry_port);
+    let (pull, push, registry_port) = (opts.pull, opts.push, opts.registry);
 
     let cfg = work.join("regimage.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "hostname: localhost\nextra-names: [127.0.0.1]\nports:\n  pull: {pull}\n  push: {push}\n  registry: {registry_port}\n{extra_config}"
+            "hostname: {}\nextra-names: [{}]\nports:\n  pull: {pull}\n  push: {push}\n  registry: {registry_port}\n{}",
+            opts.hostname,
+            opts.extra_names.join(", "),
+            opts.extra_config
         ),
     )
     .expect("writing config");
@@ -91,25 +150,26 @@ pub fn start(extra_config: &str) -> Loopback {
     cmd.env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{registry_port}"))
         .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &data)
         .env("REGISTRY_HTTP_SECRET", "loopback-test-secret");
+    if let Some(ns) = opts.netns {
+        cmd = ns.wrap(&cmd);
+    }
     let mut registry = Background::start("docker-registry", &mut cmd, &work.join("registry.log"));
-    registry.wait_for_port(registry_port);
+    match opts.netns {
+        Some(ns) => ns.wait_for_port(&mut registry, "127.0.0.1", registry_port),
+        None => registry.wait_for_port(registry_port),
+    }
 
     let conf_text =
         std::fs::read_to_string(root.join("etc/registry/nginx.conf")).expect("reading nginx.conf");
-    let nginx = start_nginx(&conf_text, &root, &work, "registry-proxy", &[pull, push]);
-
-    // Install the client bundle as its README says, per user: ~/.config/containers/certs.d.
-    let client_work = work.join("client");
-    std::fs::create_dir(&client_work).expect("creating the client dir");
-    let client = client::install_bundle(
-        &root.join("var/lib/regimage/out/ci.tar.gz"),
-        "ci",
-        &client_work,
-        pull,
-        push,
+    let nginx = start_nginx_in(
+        &conf_text,
+        &root,
+        &work,
+        "registry-proxy",
+        &[pull, push],
+        opts.netns,
     );
-    Loopback {
-        client,
+    Site {
         registry_port,
         work,
         root,
@@ -129,6 +189,18 @@ pub fn start_nginx(
     name: &str,
     ports: &[u16],
 ) -> Background {
+    start_nginx_in(conf_text, root, work, name, ports, None)
+}
+
+/// [`start_nginx`], inside `netns` when given.
+pub fn start_nginx_in(
+    conf_text: &str,
+    root: &Path,
+    work: &Path,
+    name: &str,
+    ports: &[u16],
+    netns: Option<&Netns>,
+) -> Background {
     let run_dir = work.join("run").join(name);
     let log_dir = work.join("log").join(name);
     std::fs::create_dir_all(&run_dir).expect("creating run dir");
@@ -146,9 +218,15 @@ pub fn start_nginx(
         .arg("-e")
         .arg(&error_log)
         .args(["-g", "daemon off; user root;"]);
+    if let Some(ns) = netns {
+        cmd = ns.wrap(&cmd);
+    }
     let mut nginx = Background::start("nginx", &mut cmd, &work.join(format!("{name}.out")));
     for port in ports {
-        nginx.wait_for_port(*port);
+        match netns {
+            Some(ns) => ns.wait_for_port(&mut nginx, "127.0.0.1", *port),
+            None => nginx.wait_for_port(*port),
+        }
     }
     nginx
 }
