@@ -578,6 +578,8 @@ pub struct VmSpec {
     pub address: Ipv4Addr,
     /// (host port on `address`, guest port); SSH is added.
     pub forwards: Vec<(u16, u16)>,
+    /// false: no network card at all (no SSH either: only the console tells).
+    pub network: bool,
     /// Where serial.log and qemu.log go.
     pub log_dir: PathBuf,
     pub memory_mib: u32,
@@ -624,8 +626,11 @@ impl Vm {
                 "file={},format=raw,if=virtio,readonly=on",
                 s(&spec.seed)
             ))
-            .args(["-netdev", &netdev])
-            .args(["-device", "virtio-net-pci,netdev=n0"])
+            .args(if spec.network {
+                vec!["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]
+            } else {
+                vec![]
+            })
             .args(["-device", "virtio-rng-pci"])
             .arg("-serial")
             .arg(format!("file:{}", s(&serial)));
