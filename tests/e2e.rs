@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use common::client::{self, Client};
 use common::vm::{self, progress, secs, Inputs, SshKey, Timings, Vm, VmSpec};
-use common::{output, regimage, run_ok, s, test_dir};
+use common::{output, readme, regimage, run_ok, s, test_dir};
 
 const SERVICE_USER: &str = "registry";
 const CLIENT: &str = "ci";
@@ -584,8 +584,91 @@ fn check_lean_install(vm: &Vm) {
     );
 }
 
+/// The bundle README's own commands, run as written on this host against the VM by its
+/// name: copying the bundle off as the image's default user with sudo (an ssh config of the
+/// user's gives the VM's SSH port and key), unpacking, the system-wide install and the curl
+/// check. /etc/hosts, /etc/containers and root's home are the test's own (a private mount
+/// namespace).
+fn check_readme_as_written(vm: &Vm, client: &Client, name: &str) {
+    let dir = client.work.join("readme");
+    let home = dir.join("home");
+    let cwd = dir.join("cwd");
+    let etc_containers = dir.join("etc-containers");
+    for d in [&home.join(".ssh"), &cwd, &etc_containers] {
+        std::fs::create_dir_all(d).expect("creating the README run's dirs");
+    }
+    std::fs::write(
+        home.join(".ssh/config"),
+        format!(
+            "Host {name}\n  Port {}\n  IdentityFile {}\n  IdentitiesOnly yes\n  BatchMode yes\n  \
+             StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
+            vm.ssh_port,
+            s(&vm.key)
+        ),
+    )
+    .expect("writing the ssh config");
+    let readme = std::fs::read_to_string(client.work.join(format!("bundle/{CLIENT}/README.md")))
+        .expect("reading the bundle README");
+    let hosts = client
+        .names
+        .hosts_file
+        .as_ref()
+        .expect("a VM client has its own /etc/hosts");
+    let mut runner = readme::Runner::new(&cwd, &dir).env("HOME", &s(&home));
+    runner.prefix = [
+        "unshare",
+        "--mount",
+        "--",
+        "sh",
+        "-c",
+        // ssh reads ~/.ssh from the password database, not $HOME: root's home is the test's.
+        "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/containers && \
+         mount --bind \"$2\" ~root && shift 2 && exec \"$@\"",
+        &s(hosts),
+        &s(&etc_containers),
+        &s(&home),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut blocks = Vec::new();
+    for path in [
+        &["Copy the bundle off the registry"][..],
+        &["Unpack"],
+        &["Podman, Buildah and Skopeo", "Install"],
+        &["Check the connection"],
+        &["Clean up"],
+    ] {
+        blocks.extend(readme::section_blocks(&readme, path));
+    }
+    let out = runner.run(&blocks);
+    let copied = std::fs::read(cwd.join(format!("{CLIENT}.tar.gz"))).expect("the copied bundle");
+    let original = std::fs::read(client.work.join(format!("{CLIENT}.tar.gz"))).expect("the bundle");
+    assert!(
+        copied == original,
+        "the README's copy differs from the bundle on the VM"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.trim() == "{}").count(),
+        2,
+        "the README's connection check did not print {{}} twice:\n{out}"
+    );
+    assert!(
+        etc_containers
+            .join(format!(
+                "certs.d/{}/client.key",
+                client.names.registry(client.push)
+            ))
+            .is_file(),
+        "the README's system-wide install left no client key"
+    );
+    progress(&format!(
+        "bundle README as written against {name}: copied off as debian with sudo, installed, curl check {{}} twice"
+    ));
+}
+
 fn check_ready(vm: &Vm, ports: Ports, inputs: &Inputs, client_dir: &Path, name: &str) -> Snapshot {
     let client = install_bundle(vm, client_dir, ports, name);
+    check_readme_as_written(vm, &client, name);
     let pushed = client.push_and_pull("e2e/hello", "hello from the e2e test\n");
     check_refusals(&client, ports, "e2e/hello");
     check_inside(vm, ports, inputs, name);

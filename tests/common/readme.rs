@@ -91,6 +91,8 @@ pub struct Runner {
     pub env: Vec<(String, String)>,
     /// Run inside this network namespace (`ip netns exec`), if any.
     pub netns: Option<String>,
+    /// A command the script runs under (e.g. a private mount namespace), if any.
+    pub prefix: Vec<String>,
     /// Run as this uid and gid (`setpriv`), not root.
     pub user: Option<u32>,
     shim: PathBuf,
@@ -115,6 +117,7 @@ impl Runner {
             cwd: cwd.to_path_buf(),
             env: Vec::new(),
             netns: None,
+            prefix: Vec::new(),
             user: None,
             shim,
         }
@@ -135,7 +138,7 @@ impl Runner {
             "{}:/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin",
             s(&self.shim)
         );
-        let mut argv: Vec<String> = Vec::new();
+        let mut argv: Vec<String> = self.prefix.clone();
         if let Some(ns) = &self.netns {
             argv.extend(["ip", "netns", "exec", ns].map(String::from));
         }

@@ -595,7 +595,8 @@ pub struct Vm {
     pub address: Ipv4Addr,
     pub ssh_port: u16,
     pub serial: PathBuf,
-    key: PathBuf,
+    /// The private key SSH logs in with (as `debian`).
+    pub key: PathBuf,
     qemu: Background,
     pub started: Instant,
 }
