@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
+pub mod blob;
 pub mod client;
 pub mod loopback;
 pub mod vm;
@@ -80,14 +81,11 @@ fn sha256_hex(data: &[u8]) -> String {
 /// Writes an OCI image layout at `dir` holding one image tagged `tag`, whose single layer
 /// carries `hello.txt` with `text`. Returns the manifest digest (`sha256:...`).
 pub fn make_oci_layout(dir: &Path, tag: &str, text: &str) -> String {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).expect("creating blobs dir");
-    let put = |data: &[u8]| -> (String, usize) {
-        let hex = sha256_hex(data);
-        std::fs::write(blobs.join(&hex), data).expect("writing blob");
-        (format!("sha256:{hex}"), data.len())
-    };
+    make_oci_layout_layers(dir, tag, text, 1)
+}
 
+/// One gzipped tar layer holding `name` with `text`; returns it and its diff ID.
+fn tar_gz_layer(name: &str, text: &str) -> (Vec<u8>, String) {
     let mut tar_bytes = Vec::new();
     {
         let mut tar = tar::Builder::new(&mut tar_bytes);
@@ -96,21 +94,48 @@ pub fn make_oci_layout(dir: &Path, tag: &str, text: &str) -> String {
         header.set_mode(0o644);
         header.set_mtime(0);
         header.set_cksum();
-        tar.append_data(&mut header, "hello.txt", text.as_bytes())
+        tar.append_data(&mut header, name, text.as_bytes())
             .expect("adding layer file");
         tar.finish().expect("finishing layer tar");
     }
     let diff_id = format!("sha256:{}", sha256_hex(&tar_bytes));
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&tar_bytes).expect("compressing layer");
-    let layer = gz.finish().expect("finishing gzip");
-    let (layer_digest, layer_size) = put(&layer);
+    (gz.finish().expect("finishing gzip"), diff_id)
+}
+
+/// [`make_oci_layout`] with `layers` layers: the first is its one layer (`hello.txt` with
+/// `text`), layer `i` after it holds `layer-i.txt` with `i` and `text`, so two images with
+/// different `text` share no blob. Returns the manifest digest.
+pub fn make_oci_layout_layers(dir: &Path, tag: &str, text: &str, layers: usize) -> String {
+    assert!(layers >= 1, "an image needs a layer");
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("creating blobs dir");
+    let put = |data: &[u8]| -> (String, usize) {
+        let hex = sha256_hex(data);
+        std::fs::write(blobs.join(&hex), data).expect("writing blob");
+        (format!("sha256:{hex}"), data.len())
+    };
+
+    let (mut diff_ids, mut descriptors) = (Vec::new(), Vec::new());
+    for i in 0..layers {
+        let (layer, diff_id) = if i == 0 {
+            tar_gz_layer("hello.txt", text)
+        } else {
+            tar_gz_layer(&format!("layer-{i}.txt"), &format!("{i} {text}"))
+        };
+        let (digest, size) = put(&layer);
+        diff_ids.push(diff_id);
+        descriptors.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest, "size": size}));
+    }
 
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": {"Cmd": ["/hello.txt"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let config_bytes = serde_json::to_vec(&config).expect("encoding config");
     let (config_digest, config_size) = put(&config_bytes);
@@ -120,8 +145,7 @@ pub fn make_oci_layout(dir: &Path, tag: &str, text: &str) -> String {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": layer_digest, "size": layer_size}],
+        "layers": descriptors,
     });
     let manifest_bytes = serde_json::to_vec(&manifest).expect("encoding manifest");
     let (manifest_digest, manifest_size) = put(&manifest_bytes);
