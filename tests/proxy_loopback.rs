@@ -140,6 +140,42 @@ fn public_catalog_and_allowed_pull_networks() {
     assert_eq!(reply.code, 200, "{}", reply.body);
 }
 
+/// The rate limit counts manifests, tag lists and `/v2/`, never blob transfers; beyond it,
+/// 429 with a JSON body.
+#[test]
+#[ignore = "needs root, nginx, docker-registry, skopeo: run by `make test`"]
+fn rate_limits_spare_blobs_and_answer_429_in_json() {
+    let setup = common::loopback::start("proxy:\n  pull-rate: 1\n  pull-burst: 5\n");
+    let client = &setup.client;
+    client.push_and_pull("test/limited", "limited\n");
+    let reply = client.curl(
+        &["-H", "Accept: application/vnd.oci.image.manifest.v1+json"],
+        &client.pull_url("/v2/test/limited/manifests/v1"),
+    );
+    assert_eq!(reply.code, 200, "{}", reply.body);
+    let manifest: serde_json::Value = serde_json::from_str(&reply.body).expect("manifest JSON");
+    let layer = manifest["layers"][0]["digest"].as_str().expect("a layer");
+    let blob = client.pull_url(&format!("/v2/test/limited/blobs/{layer}"));
+    for _ in 0..20 {
+        let reply = client.curl(&[], &blob);
+        assert_eq!(reply.code, 200, "a blob GET was limited: {}", reply.body);
+    }
+    let codes: Vec<u16> = (0..20)
+        .map(|_| {
+            client
+                .curl(&[], &client.pull_url("/v2/test/limited/tags/list"))
+                .code
+        })
+        .collect();
+    assert!(
+        codes.contains(&429),
+        "20 tag lists at once, none limited: {codes:?}"
+    );
+    let reply = client.curl(&[], &client.pull_url("/v2/test/limited/tags/list"));
+    assert_eq!(reply.code, 429, "{}", reply.body);
+    common::client::assert_registry_error(&reply.body, "TOOMANYREQUESTS");
+}
+
 /// This machine's first non-loopback IPv4 address (`hostname -I`).
 fn own_ipv4_address() -> Option<std::net::Ipv4Addr> {
     let out = std::process::Command::new("hostname")
@@ -288,7 +324,7 @@ fn access_log_status(line: &str) -> Option<u16> {
 /// out by `openssl dgst` (never stored but by the registry); nginx's memory, sampled through
 /// the upload, must stay flat. Prints a `BENCH` line with the time and the memory.
 #[test]
-#[ignore = "needs root, nginx, docker-registry, curl, openssl and 4.3 GB of disk: run by `make bench`"]
+#[ignore = "needs root, nginx, docker-registry, curl, openssl, 4.5 GB of disk: run by `make test`"]
 fn a_layer_over_4_gib_streams_through_with_flat_memory() {
     const MIB: u64 = 1024 * 1024;
     let mib: u64 = std::env::var("BIG_LAYER_MIB")
