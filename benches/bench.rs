@@ -32,7 +32,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use common::blob::Blob;
 use common::{run_ok, s};
 
 const MIB: u64 = 1024 * 1024;
@@ -116,55 +117,6 @@ impl Budget {
 }
 
 // ---- the blob -------------------------------------------------------------------------------
-
-/// `len` bytes: one 1 MiB pseudo-random block (xorshift, fixed seed) over and over.
-struct Blob {
-    block: Vec<u8>,
-    pos: u64,
-    len: u64,
-}
-
-impl Blob {
-    fn new(len: u64) -> Blob {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut block = Vec::with_capacity(MIB as usize);
-        while block.len() < MIB as usize {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            block.extend_from_slice(&x.to_le_bytes());
-        }
-        Blob { block, pos: 0, len }
-    }
-}
-
-impl Blob {
-    /// Writes the rest of the blob to `w` in 1 MiB writes; returns the bytes written.
-    fn write_to(&mut self, w: &mut impl Write) -> std::io::Result<u64> {
-        let start = self.pos;
-        while self.pos < self.len {
-            let at = (self.pos % MIB) as usize;
-            let n = (self.block.len() - at).min((self.len - self.pos) as usize);
-            w.write_all(&self.block[at..at + n])?;
-            self.pos += n as u64;
-        }
-        Ok(self.pos - start)
-    }
-}
-
-impl Read for Blob {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.len - self.pos;
-        if left == 0 {
-            return Ok(0);
-        }
-        let at = (self.pos % MIB) as usize;
-        let n = buf.len().min(self.block.len() - at).min(left as usize);
-        buf[..n].copy_from_slice(&self.block[at..at + n]);
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
 
 fn blob_digest(len: u64) -> String {
     let mut blob = Blob::new(len);

@@ -9,6 +9,11 @@
 
 mod common;
 
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
 use common::s;
 
 #[test]
@@ -135,6 +140,42 @@ fn public_catalog_and_allowed_pull_networks() {
     assert_eq!(reply.code, 200, "{}", reply.body);
 }
 
+/// The rate limit counts manifests, tag lists and `/v2/`, never blob transfers; beyond it,
+/// 429 with a JSON body.
+#[test]
+#[ignore = "needs root, nginx, docker-registry, skopeo: run by `make test`"]
+fn rate_limits_spare_blobs_and_answer_429_in_json() {
+    let setup = common::loopback::start("proxy:\n  pull-rate: 1\n  pull-burst: 5\n");
+    let client = &setup.client;
+    client.push_and_pull("test/limited", "limited\n");
+    let reply = client.curl(
+        &["-H", "Accept: application/vnd.oci.image.manifest.v1+json"],
+        &client.pull_url("/v2/test/limited/manifests/v1"),
+    );
+    assert_eq!(reply.code, 200, "{}", reply.body);
+    let manifest: serde_json::Value = serde_json::from_str(&reply.body).expect("manifest JSON");
+    let layer = manifest["layers"][0]["digest"].as_str().expect("a layer");
+    let blob = client.pull_url(&format!("/v2/test/limited/blobs/{layer}"));
+    for _ in 0..20 {
+        let reply = client.curl(&[], &blob);
+        assert_eq!(reply.code, 200, "a blob GET was limited: {}", reply.body);
+    }
+    let codes: Vec<u16> = (0..20)
+        .map(|_| {
+            client
+                .curl(&[], &client.pull_url("/v2/test/limited/tags/list"))
+                .code
+        })
+        .collect();
+    assert!(
+        codes.contains(&429),
+        "20 tag lists at once, none limited: {codes:?}"
+    );
+    let reply = client.curl(&[], &client.pull_url("/v2/test/limited/tags/list"));
+    assert_eq!(reply.code, 429, "{}", reply.body);
+    common::client::assert_registry_error(&reply.body, "TOOMANYREQUESTS");
+}
+
 /// This machine's first non-loopback IPv4 address (`hostname -I`).
 fn own_ipv4_address() -> Option<std::net::Ipv4Addr> {
     let out = std::process::Command::new("hostname")
@@ -145,4 +186,285 @@ fn own_ipv4_address() -> Option<std::net::Ipv4Addr> {
         .split_whitespace()
         .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
         .find(|a| !a.is_loopback())
+}
+
+/// Layers per image in the ordinary-use run (issue 10: a 100-layer image).
+const LAYERS: usize = 100;
+
+/// Issue 10's ordinary use from ONE address, which the default limits must never refuse:
+/// a 100-layer image pushed (skopeo) and pulled (skopeo and podman), then 6 parallel pushes
+/// of other 100-layer images and 10 parallel pulls. Counts nginx's 429 answers in its access
+/// log (Docker gives up after one). Prints `BENCH` lines with the count and the times.
+#[test]
+#[ignore = "needs root, nginx, docker-registry, skopeo, podman: run by `make test`"]
+fn ordinary_use_from_one_address_is_never_refused() {
+    common::require_tool("podman", "podman");
+    let setup = common::loopback::start("");
+    let client = &setup.client;
+    let (pull_host, push_host) = (
+        common::client::registry_host(client.pull),
+        common::client::registry_host(client.push),
+    );
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut check = |what: &str, out: std::process::Output| {
+        if !out.status.success() {
+            failures.push(format!(
+                "{what}: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    };
+
+    // One 100-layer image: pushed, then pulled by skopeo and by podman.
+    let images: Vec<PathBuf> = (0..7)
+        .map(|i| {
+            let dir = setup.work.join(format!("image-{i}"));
+            common::make_oci_layout_layers(&dir, "v1", &format!("image {i}\n"), LAYERS);
+            dir
+        })
+        .collect();
+    let push = |i: usize| {
+        client
+            .skopeo(&client.home)
+            .args(["copy", "--quiet"])
+            .arg(format!("oci:{}:v1", s(&images[i])))
+            .arg(format!("docker://{push_host}/load/image-{i}:v1"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting skopeo")
+    };
+    let pull = |i: usize, n: usize| {
+        client
+            .skopeo(&client.home)
+            .args(["copy", "--quiet"])
+            .arg(format!("docker://{pull_host}/load/image-{i}:v1"))
+            .arg(format!(
+                "oci:{}:v1",
+                s(&setup.work.join(format!("pulled-{n}")))
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting skopeo")
+    };
+    let t = Instant::now();
+    check(
+        "push",
+        push(0).wait_with_output().expect("waiting for skopeo"),
+    );
+    let push_one = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    check(
+        "pull",
+        pull(0, 0).wait_with_output().expect("waiting for skopeo"),
+    );
+    let pull_one = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let storage = setup.work.join("podman");
+    check(
+        "podman pull",
+        common::output(
+            Command::new("podman")
+                .env("HOME", &client.home)
+                .arg(format!("--root={}", s(&storage.join("root"))))
+                .arg(format!("--runroot={}", s(&storage.join("run"))))
+                .args(["--storage-driver=vfs", "pull", "--quiet"])
+                .arg(format!("{pull_host}/load/image-0:v1")),
+        ),
+    );
+    let podman_one = t.elapsed().as_secs_f64();
+
+    // 6 parallel pushes of other images, then 10 parallel pulls, all from 127.0.0.1.
+    let t = Instant::now();
+    let pushes: Vec<_> = (1..7).map(push).collect();
+    for child in pushes {
+        check(
+            "parallel push",
+            child.wait_with_output().expect("waiting for skopeo"),
+        );
+    }
+    let pushes_6 = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let pulls: Vec<_> = (0..10).map(|n| pull(n % 7, n + 1)).collect();
+    for child in pulls {
+        check(
+            "parallel pull",
+            child.wait_with_output().expect("waiting for skopeo"),
+        );
+    }
+    let pulls_10 = t.elapsed().as_secs_f64();
+
+    let log = std::fs::read_to_string(setup.access_log()).expect("reading the access log");
+    let statuses: Vec<u16> = log.lines().filter_map(access_log_status).collect();
+    let refused = statuses.iter().filter(|c| **c == 429).count();
+    println!(
+        "BENCH ordinary-use: {refused} answers of 429 in {} requests; {LAYERS}-layer push {push_one:.1} s, \
+         skopeo pull {pull_one:.1} s, podman pull {podman_one:.1} s, 6 parallel pushes {pushes_6:.1} s, \
+         10 parallel pulls {pulls_10:.1} s, {:.1} s in all",
+        statuses.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(refused, 0, "nginx answered 429 {refused} times");
+}
+
+/// The status of one access-log line (`regimage` log_format: the status follows the
+/// quoted request).
+fn access_log_status(line: &str) -> Option<u16> {
+    let (_, rest) = line.split_once("\" ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Issue 10: a layer over 4 GiB (4300 MiB; `BIG_LAYER_MIB`) pushed as clients push it
+/// (POST, one streamed PATCH with its length, PUT with the digest) through the push port,
+/// which has no body cap by default. The bytes are made on the fly and digested on the way
+/// out by `openssl dgst` (never stored but by the registry); nginx's memory, sampled through
+/// the upload, must stay flat. Prints a `BENCH` line with the time and the memory.
+#[test]
+#[ignore = "needs root, nginx, docker-registry, curl, openssl, 4.5 GB of disk: run by `make test`"]
+fn a_layer_over_4_gib_streams_through_with_flat_memory() {
+    const MIB: u64 = 1024 * 1024;
+    let mib: u64 = std::env::var("BIG_LAYER_MIB")
+        .ok()
+        .map_or(4300, |v| v.parse().expect("BIG_LAYER_MIB: a number"));
+    let len = mib * MIB;
+    let setup = common::loopback::start("");
+    let client = &setup.client;
+    let (cert, key) = (s(&client.cert), s(&client.key));
+    let tls = ["--cert", cert.as_str(), "--key", key.as_str()];
+    let reply = client.curl(
+        &[&["-X", "POST"], &tls[..]].concat(),
+        &client.push_url("/v2/big/layer/blobs/uploads/"),
+    );
+    assert_eq!(reply.code, 202, "starting the upload: {}", reply.body);
+    let upload = location(&reply.headers);
+
+    let rss_start = setup.nginx_rss_kib();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    let (patch, digest, rss_peak) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(setup.nginx_rss_kib());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            peak
+        });
+        let mut curl = Command::new("curl")
+            .args(["-sS", "--noproxy", "*", "--max-time", "1800", "--cacert"])
+            .arg(&client.server_ca)
+            .args(tls)
+            .args([
+                "-X",
+                "PATCH",
+                "-T",
+                "-",
+                "-H",
+                "Expect:",
+                "-H",
+                "Transfer-Encoding:",
+            ])
+            .args(["-H", &format!("Content-Length: {len}")])
+            .args(["-H", "Content-Type: application/octet-stream"])
+            .args(["-o", "/dev/null", "-D", "-", "-w", "%{http_code}"])
+            .arg(client.push_url(&upload))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting curl");
+        let mut dgst = Command::new("openssl")
+            .args(["dgst", "-sha256", "-r"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting openssl dgst");
+        let mut tee = Tee(
+            curl.stdin.take().expect("curl's stdin"),
+            dgst.stdin.take().expect("openssl's stdin"),
+        );
+        let written = common::blob::Blob::new(len).write_to(&mut tee);
+        drop(tee);
+        let patch = curl.wait_with_output().expect("waiting for curl");
+        let sum = dgst.wait_with_output().expect("waiting for openssl");
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(written.ok(), Some(len), "curl did not take the whole layer");
+        let text = String::from_utf8_lossy(&sum.stdout).into_owned();
+        let digest = format!("sha256:{}", text.split_whitespace().next().unwrap_or(""));
+        (patch, digest, sampler.join().expect("the memory sampler"))
+    });
+    let stdout = String::from_utf8_lossy(&patch.stdout);
+    assert!(stdout.ends_with("202"), "the PATCH: {stdout}");
+    let upload = location(&stdout);
+    let sep = if upload.contains('?') { '&' } else { '?' };
+    let reply = client.curl(
+        &[&["-X", "PUT", "--max-time", "600"], &tls[..]].concat(),
+        &client.push_url(&format!("{upload}{sep}digest={digest}")),
+    );
+    assert_eq!(reply.code, 201, "finishing the upload: {}", reply.body);
+    let secs = started.elapsed().as_secs_f64();
+
+    // The registry holds it under that digest, with every byte.
+    let reply = client.curl(
+        &[&["-I"], &tls[..]].concat(),
+        &client.push_url(&format!("/v2/big/layer/blobs/{digest}")),
+    );
+    assert_eq!(reply.code, 200, "{}", reply.headers);
+    let headers = reply.headers.to_lowercase();
+    assert!(
+        headers.contains(&format!("content-length: {len}\r")),
+        "{}",
+        reply.headers
+    );
+    assert!(
+        headers.contains(&format!("docker-content-digest: {digest}\r")),
+        "{}",
+        reply.headers
+    );
+    println!(
+        "BENCH large-layer: {len} bytes ({:.2} GiB) pushed in {secs:.1} s ({:.0} MB/s), \
+         digest {digest}; nginx RSS (master + workers) {:.1} MiB at the start, {:.1} MiB at the peak",
+        len as f64 / (1024.0 * MIB as f64),
+        len as f64 / 1e6 / secs,
+        rss_start as f64 / 1024.0,
+        rss_peak as f64 / 1024.0
+    );
+    // The 4.3 GB go now, even with REGIMAGE_KEEP_TEST_DIRS.
+    std::fs::remove_dir_all(setup.work.join("registry-data/docker/registry/v2/blobs"))
+        .expect("removing the registry's blobs");
+    assert!(
+        rss_peak < 64 * 1024,
+        "nginx grew to {rss_peak} KiB during the upload"
+    );
+}
+
+/// The Location of the last response in `headers` (curl -D), as a path.
+fn location(headers: &str) -> String {
+    let line = headers
+        .lines()
+        .rev()
+        .find(|l| l.to_lowercase().starts_with("location:"))
+        .unwrap_or_else(|| panic!("no Location header:\n{headers}"));
+    line.split_once(':')
+        .map_or("", |(_, v)| v.trim())
+        .to_string()
+}
+
+/// Every write goes to both.
+struct Tee<A, B>(A, B);
+
+impl<A: Write, B: Write> Write for Tee<A, B> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
 }

@@ -122,10 +122,12 @@ pub struct Registry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct Proxy {
-    /// Requests per second per client address on the pull port.
+    /// Requests per second per client address on the pull port, blob transfers not counted
+    /// (manifests, tag lists, `/v2/`): README "Limits".
     pub pull_rate: u32,
+    /// Such requests one address may make at once beyond the rate before it gets 429.
     pub pull_burst: u32,
-    /// Requests per second per client address on the push port.
+    /// The same on the push port, where starting an upload (POST) counts too.
     pub push_rate: u32,
     pub push_burst: u32,
     /// Largest request body (one layer) the push port accepts, nginx size syntax (`2g`,
@@ -196,10 +198,10 @@ impl Default for Registry {
 impl Default for Proxy {
     fn default() -> Self {
         Proxy {
-            pull_rate: 10,
-            pull_burst: 20,
-            push_rate: 5,
-            push_burst: 10,
+            pull_rate: 50,
+            pull_burst: 500,
+            push_rate: 50,
+            push_burst: 1000,
             max_body_size: "0".into(),
             public_catalog: false,
         }

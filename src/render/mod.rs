@@ -62,8 +62,11 @@ pub const REGISTRY_CONTAINER_PORT: u16 = 5000;
 pub const REGISTRY_CONTAINER_STORAGE: &str = "/var/lib/registry";
 /// nginx's RuntimeDirectory (pid file, temp paths).
 pub const PROXY_RUN_DIR: &str = "/run/registry-proxy";
-/// nginx's LogsDirectory.
-pub const PROXY_LOG_DIR: &str = "/var/log/registry-proxy";
+/// nginx's access log target: journald's syslog socket, so the log is bounded by the
+/// journal's own limits (issue 10) and `journalctl -u registry-proxy` shows it with the
+/// error log (stderr). Tests put a file in its place.
+pub const PROXY_ACCESS_LOG: &str =
+    "syslog:server=unix:/run/systemd/journal/dev-log,tag=registry_proxy,nohostname";
 /// Server certificate (leaf only), server key and client CA, as the PKI lays them out.
 pub const SERVER_CERT_PATH: &str = "/etc/registry/certs/registry.crt";
 pub const SERVER_KEY_PATH: &str = "/etc/registry/certs/private/registry.key";
@@ -428,7 +431,7 @@ fn nginx_context(config: &Config) -> tera::Context {
     ctx.insert("push_rate", &proxy.push_rate);
     ctx.insert("pull_allowed_cidrs", &config.pull_allowed_cidrs);
     ctx.insert("run_dir", PROXY_RUN_DIR);
-    ctx.insert("log_dir", PROXY_LOG_DIR);
+    ctx.insert("access_log", PROXY_ACCESS_LOG);
     ctx.insert("server_cert", SERVER_CERT_PATH);
     ctx.insert("server_key", SERVER_KEY_PATH);
     ctx.insert("client_ca", CLIENT_CA_PATH);
@@ -462,7 +465,6 @@ fn proxy_unit_context(config: &Config) -> tera::Context {
     // The proxy user's own group (made with it); it also owns registry.key's group.
     ctx.insert("proxy_group", &config.proxy_user);
     ctx.insert("nginx_conf", NGINX_CONF_PATH);
-    ctx.insert("log_dir", PROXY_LOG_DIR);
     ctx.insert("server_cert", SERVER_CERT_PATH);
     ctx
 }

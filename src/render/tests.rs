@@ -115,7 +115,14 @@ fn nginx_follows_the_config() {
         "rate=7r/s",
         "rate=3r/s",
         "zone=regimage_pull burst=13 nodelay;",
-        "zone=regimage_push burst=4;",
+        "zone=regimage_push burst=4 nodelay;",
+        // Blob transfers are not counted (issue 10): an empty key.
+        "~^/v2/.+/blobs/(uploads/)?[^/]+$ '';",
+        "default $binary_remote_addr;",
+        "limit_req_zone $regimage_limit_key zone=regimage_pull:10m rate=7r/s;",
+        // Logs to the journal, bounded by journald (issue 10).
+        "error_log stderr warn;",
+        "access_log syslog:server=unix:/run/systemd/journal/dev-log,tag=registry_proxy,nohostname regimage;",
         "client_max_body_size 512m;",
         "proxy_set_header Host $http_host;",
         "push to port 9443",
@@ -388,4 +395,17 @@ fn write_tree_refuses_a_file_as_root() {
     fs::write(&file, "x").unwrap();
     let e = write_tree(&file, &[]).unwrap_err();
     assert!(e.to_string().contains("not a directory"), "{e:#}");
+}
+
+#[test]
+fn proxy_logs_go_to_the_journal() {
+    let files = appliance_files(&Config::default()).unwrap();
+    let unit = directives(&text(&files, PROXY_UNIT_PATH));
+    // Nothing under /var/log grows (issue 10): errors on stderr, requests to the journal.
+    assert!(!unit.contains("LogsDirectory"), "{unit}");
+    assert!(!unit.contains("/var/log"), "{unit}");
+    assert_eq!(unit.matches(" -e stderr").count(), 3, "{unit}");
+    let conf = directives(&text(&files, NGINX_CONF_PATH));
+    assert!(!conf.contains("/var/log"), "{conf}");
+    assert_eq!(conf.matches("access_log ").count(), 1, "{conf}");
 }

@@ -54,6 +54,36 @@ pub struct Site {
     _dir: tempfile::TempDir,
 }
 
+impl Loopback {
+    /// nginx's access log (`regimage` log_format), as [`start_nginx`] places it.
+    pub fn access_log(&self) -> PathBuf {
+        self.work.join("log/registry-proxy/access.log")
+    }
+
+    /// nginx's resident memory now, master and workers together (VmRSS, KiB).
+    pub fn nginx_rss_kib(&self) -> u64 {
+        let pid_file = self.work.join("run/registry-proxy/nginx.pid");
+        let master: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", pid_file.display()))
+            .trim()
+            .parse()
+            .expect("nginx.pid holds a pid");
+        let field = |pid: u32, name: &str| -> Option<u64> {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = text.lines().find(|l| l.starts_with(name))?;
+            line[name.len()..].split_whitespace().next()?.parse().ok()
+        };
+        let workers = std::fs::read_dir("/proc")
+            .expect("listing /proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| field(*pid, "PPid:") == Some(master.into()));
+        std::iter::once(master)
+            .chain(workers)
+            .filter_map(|pid| field(pid, "VmRSS:"))
+            .sum()
+    }
+}
+
 /// Starts the registry and nginx as the appliance runs them; `extra_config` is appended to
 /// the site config (the ports and names are set here).
 pub fn start(extra_config: &str) -> Loopback {
@@ -181,7 +211,8 @@ pub fn start_site(opts: &SiteOptions<'_>) -> Site {
 
 /// nginx running `conf_text` (an nginx.conf as `regimage render` writes it) with the files
 /// under `root`; only the absolute path prefixes move into `work`, its run and log
-/// directories named `name`. Returns once it listens on every port in `ports`.
+/// directories named `name` (the access log is `log/NAME/access.log`, errors go to
+/// `NAME.out`). Returns once it listens on every port in `ports`.
 pub fn start_nginx(
     conf_text: &str,
     root: &Path,
@@ -208,7 +239,12 @@ pub fn start_nginx_in(
     let conf_text = conf_text
         .replace("/etc/registry/", &format!("{}/etc/registry/", s(root)))
         .replace("/run/registry-proxy", &s(&run_dir))
-        .replace("/var/log/registry-proxy", &s(&log_dir));
+        .replace("/var/log/registry-proxy", &s(&log_dir))
+        // The journal's socket may be missing here; a file the tests can read instead.
+        .replace(
+            regimage::render::PROXY_ACCESS_LOG,
+            &s(&log_dir.join("access.log")),
+        );
     let conf = work.join(format!("{name}.conf"));
     std::fs::write(&conf, conf_text).expect("writing nginx.conf");
     let error_log = log_dir.join("startup-error.log");

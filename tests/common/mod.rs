@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
+pub mod blob;
 pub mod client;
 pub mod loopback;
 pub mod netns;
