@@ -518,6 +518,23 @@ fn check_inside(vm: &Vm, ports: Ports, inputs: &Inputs, name: &str) {
         "{env}"
     );
     progress("sockets: registry on 127.0.0.1:5000 only; proxy up");
+
+    // First boot started after cloud-init had finished (a site's own user-data is in place
+    // first), with no ordering cycle for systemd to break.
+    let order = vm.root_ok(
+        "systemctl show -P ActiveEnterTimestampMonotonic cloud-final.service; \
+         systemctl show -P ExecMainStartTimestampMonotonic regimage-firstboot.service; \
+         journalctl -b --no-pager | grep -ci 'ordering cycle' || true",
+    );
+    let numbers: Vec<u64> = order
+        .split_whitespace()
+        .map(|n| n.parse().unwrap_or(u64::MAX))
+        .collect();
+    assert!(
+        numbers.len() == 3 && numbers[0] > 0 && numbers[0] <= numbers[1] && numbers[2] == 0,
+        "cloud-final's end, first boot's start (monotonic us), ordering cycles: {order}"
+    );
+    progress("first boot started after cloud-final, no ordering cycle");
 }
 
 /// What must survive a reboot.

@@ -202,8 +202,8 @@ fn ordinary_use_from_one_address_is_never_refused() {
     let setup = common::loopback::start("");
     let client = &setup.client;
     let (pull_host, push_host) = (
-        common::client::registry_host(client.pull),
-        common::client::registry_host(client.push),
+        client.names.registry(client.pull),
+        client.names.registry(client.push),
     );
     let started = Instant::now();
     let mut failures = Vec::new();
