@@ -39,7 +39,8 @@ unit: deps
 
 # The booted-VM end-to-end test (root; QEMU under TCG; builds or reuses image/'s cached
 # Debian base and registry fixture): the user-data path and the qcow2 path side by side,
-# one VM each (REGIMAGE_E2E_VMS=1 runs one VM at a time). Stage timings:
+# one VM each, then a second machine from the baked image (first without a network) in the
+# slot the user-data test frees (REGIMAGE_E2E_VMS=1 runs one VM at a time). Stage timings:
 # target/e2e-timings.json.
 # The guest gets the release binary (8 MB; a debug one is 160 MB and slow under TCG).
 e2e: deps
