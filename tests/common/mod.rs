@@ -181,6 +181,26 @@ pub fn test_dir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
+/// `cmd` run under `prefix` (e.g. `ip netns exec NAME`), keeping its environment and
+/// working directory.
+pub fn wrapped(prefix: &[&str], cmd: &Command) -> Command {
+    let mut wrapped = Command::new(prefix[0]);
+    wrapped
+        .args(&prefix[1..])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => wrapped.env(key, v),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
 /// `path` as a String, for command arguments and substitutions.
 pub fn s(path: &Path) -> String {
     path.to_string_lossy().into_owned()

@@ -164,21 +164,7 @@ impl Drop for Netns {
 
 /// `cmd` run as `ip netns exec NAME ...`, keeping its environment and directory.
 pub fn in_netns(name: &str, cmd: &Command) -> Command {
-    let mut wrapped = Command::new("ip");
-    wrapped
-        .args(["netns", "exec", name])
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(v) => wrapped.env(key, v),
-            None => wrapped.env_remove(key),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        wrapped.current_dir(dir);
-    }
-    wrapped
+    super::wrapped(&["ip", "netns", "exec", name], cmd)
 }
 
 /// containerd and dockerd running inside a namespace, state under one directory; both

@@ -280,20 +280,7 @@ impl Background {
     pub fn start(name: &str, cmd: &mut Command, log: &Path) -> Background {
         let file = File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let err = file.try_clone().expect("cloning a log handle");
-        let mut wrapped = Command::new("setpriv");
-        wrapped
-            .args(["--pdeathsig", "TERM", "--"])
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        for (key, value) in cmd.get_envs() {
-            match value {
-                Some(v) => wrapped.env(key, v),
-                None => wrapped.env_remove(key),
-            };
-        }
-        if let Some(dir) = cmd.get_current_dir() {
-            wrapped.current_dir(dir);
-        }
+        let mut wrapped = super::wrapped(&["setpriv", "--pdeathsig", "TERM", "--"], cmd);
         let child = wrapped
             .stdin(Stdio::null())
             .stdout(file)
