@@ -9,11 +9,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use common::blob::Blob;
 use common::s;
 
 #[test]
@@ -333,14 +333,7 @@ fn a_layer_over_4_gib_streams_through_with_flat_memory() {
     let len = mib * MIB;
     let setup = common::loopback::start("");
     let client = &setup.client;
-    let (cert, key) = (s(&client.cert), s(&client.key));
-    let tls = ["--cert", cert.as_str(), "--key", key.as_str()];
-    let reply = client.curl(
-        &[&["-X", "POST"], &tls[..]].concat(),
-        &client.push_url("/v2/big/layer/blobs/uploads/"),
-    );
-    assert_eq!(reply.code, 202, "starting the upload: {}", reply.body);
-    let upload = location(&reply.headers);
+    let upload = client.start_upload("big/layer");
 
     let rss_start = setup.nginx_rss_kib();
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -354,76 +347,15 @@ fn a_layer_over_4_gib_streams_through_with_flat_memory() {
             }
             peak
         });
-        let mut curl = Command::new("curl")
-            .args(["-sS", "--noproxy", "*", "--max-time", "1800", "--cacert"])
-            .arg(&client.server_ca)
-            .args(tls)
-            .args([
-                "-X",
-                "PATCH",
-                "-T",
-                "-",
-                "-H",
-                "Expect:",
-                "-H",
-                "Transfer-Encoding:",
-            ])
-            .args(["-H", &format!("Content-Length: {len}")])
-            .args(["-H", "Content-Type: application/octet-stream"])
-            .args(["-o", "/dev/null", "-D", "-", "-w", "%{http_code}"])
-            .arg(client.push_url(&upload))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting curl");
-        let mut dgst = Command::new("openssl")
-            .args(["dgst", "-sha256", "-r"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting openssl dgst");
-        let mut tee = Tee(
-            curl.stdin.take().expect("curl's stdin"),
-            dgst.stdin.take().expect("openssl's stdin"),
-        );
-        let written = common::blob::Blob::new(len).write_to(&mut tee);
-        drop(tee);
-        let patch = curl.wait_with_output().expect("waiting for curl");
-        let sum = dgst.wait_with_output().expect("waiting for openssl");
+        let (patch, digest) = client.patch_streamed(&upload, &mut Blob::new(len), &[]);
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(written.ok(), Some(len), "curl did not take the whole layer");
-        let text = String::from_utf8_lossy(&sum.stdout).into_owned();
-        let digest = format!("sha256:{}", text.split_whitespace().next().unwrap_or(""));
         (patch, digest, sampler.join().expect("the memory sampler"))
     });
-    let stdout = String::from_utf8_lossy(&patch.stdout);
-    assert!(stdout.ends_with("202"), "the PATCH: {stdout}");
-    let upload = location(&stdout);
-    let sep = if upload.contains('?') { '&' } else { '?' };
-    let reply = client.curl(
-        &[&["-X", "PUT", "--max-time", "600"], &tls[..]].concat(),
-        &client.push_url(&format!("{upload}{sep}digest={digest}")),
-    );
-    assert_eq!(reply.code, 201, "finishing the upload: {}", reply.body);
+    client.finish_upload(&patch, &digest);
     let secs = started.elapsed().as_secs_f64();
 
     // The registry holds it under that digest, with every byte.
-    let reply = client.curl(
-        &[&["-I"], &tls[..]].concat(),
-        &client.push_url(&format!("/v2/big/layer/blobs/{digest}")),
-    );
-    assert_eq!(reply.code, 200, "{}", reply.headers);
-    let headers = reply.headers.to_lowercase();
-    assert!(
-        headers.contains(&format!("content-length: {len}\r")),
-        "{}",
-        reply.headers
-    );
-    assert!(
-        headers.contains(&format!("docker-content-digest: {digest}\r")),
-        "{}",
-        reply.headers
-    );
+    client.assert_blob("big/layer", &digest, len);
     println!(
         "BENCH large-layer: {len} bytes ({:.2} GiB) pushed in {secs:.1} s ({:.0} MB/s), \
          digest {digest}; nginx RSS (master + workers) {:.1} MiB at the start, {:.1} MiB at the peak",
@@ -439,32 +371,4 @@ fn a_layer_over_4_gib_streams_through_with_flat_memory() {
         rss_peak < 64 * 1024,
         "nginx grew to {rss_peak} KiB during the upload"
     );
-}
-
-/// The Location of the last response in `headers` (curl -D), as a path.
-fn location(headers: &str) -> String {
-    let line = headers
-        .lines()
-        .rev()
-        .find(|l| l.to_lowercase().starts_with("location:"))
-        .unwrap_or_else(|| panic!("no Location header:\n{headers}"));
-    line.split_once(':')
-        .map_or("", |(_, v)| v.trim())
-        .to_string()
-}
-
-/// Every write goes to both.
-struct Tee<A, B>(A, B);
-
-impl<A: Write, B: Write> Write for Tee<A, B> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write_all(buf)?;
-        self.1.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()?;
-        self.1.flush()
-    }
 }

@@ -4,9 +4,10 @@
 //! refusals both tests prove.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
+use super::blob::{self, Blob};
 use super::vm::{progress, secs};
 use super::{output, run_ok, s};
 
@@ -127,6 +128,18 @@ pub fn install_bundle_for(tarball: &Path, name: &str, work: &Path, names: Names)
     }
 }
 
+/// The Location of the last response in `headers` (curl -D), as a path.
+pub fn location(headers: &str) -> String {
+    let line = headers
+        .lines()
+        .rev()
+        .find(|l| l.to_lowercase().starts_with("location:"))
+        .unwrap_or_else(|| panic!("no Location header:\n{headers}"));
+    line.split_once(':')
+        .map_or("", |(_, v)| v.trim())
+        .to_string()
+}
+
 /// The body is a registry error (JSON) whose first code is `code`.
 pub fn assert_registry_error(body: &str, code: &str) {
     let v: serde_json::Value =
@@ -141,6 +154,168 @@ impl Client {
         // Only certs.d under HOME counts: no system-wide trust or policy from this host.
         cmd.env("HOME", home).arg("--insecure-policy");
         cmd
+    }
+
+    /// curl's arguments presenting this client's certificate.
+    pub fn tls(&self) -> [String; 4] {
+        ["--cert".into(), s(&self.cert), "--key".into(), s(&self.key)]
+    }
+
+    /// [`Client::curl`] presenting this client's certificate.
+    pub fn curl_tls(&self, args: &[&str], url: &str) -> Reply {
+        let tls = self.tls();
+        let all: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(tls.iter().map(String::as_str))
+            .collect();
+        self.curl(&all, url)
+    }
+
+    /// Starts a blob upload to `repo` on the push port (POST); returns its Location.
+    pub fn start_upload(&self, repo: &str) -> String {
+        let reply = self.curl_tls(
+            &["-X", "POST"],
+            &self.push_url(&format!("/v2/{repo}/blobs/uploads/")),
+        );
+        assert_eq!(reply.code, 202, "starting an upload: {}", reply.body);
+        location(&reply.headers)
+    }
+
+    /// Sends `blob` as clients push a layer: one streamed PATCH with its length to
+    /// `upload` (a Location), the bytes made on the fly and digested on the way out;
+    /// `extra` goes to curl (e.g. `--limit-rate`). Returns curl's output (the headers, then
+    /// the status code) and the digest.
+    pub fn patch_streamed(
+        &self,
+        upload: &str,
+        blob: &mut Blob,
+        extra: &[&str],
+    ) -> (Output, String) {
+        let len = blob.size();
+        let mut curl = self
+            .command("curl")
+            .args(["-sS", "--noproxy", "*", "--max-time", "1800", "--cacert"])
+            .arg(&self.server_ca)
+            .args(self.tls())
+            .args([
+                "-X",
+                "PATCH",
+                "-T",
+                "-",
+                "-H",
+                "Expect:",
+                "-H",
+                "Transfer-Encoding:",
+            ])
+            .args(["-H", &format!("Content-Length: {len}")])
+            .args(["-H", "Content-Type: application/octet-stream"])
+            .args(["-o", "/dev/null", "-D", "-", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(self.push_url(upload))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting curl");
+        let stdin = curl.stdin.take().expect("curl's stdin");
+        let (written, digest) = blob::write_digested(blob, stdin);
+        let out = curl.wait_with_output().expect("waiting for curl");
+        assert_eq!(
+            written.ok(),
+            Some(len),
+            "curl did not take the whole blob: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out, digest)
+    }
+
+    /// Ends an upload after [`Client::patch_streamed`] returned `patch` (which must be a
+    /// 202): PUT with the digest, 201.
+    pub fn finish_upload(&self, patch: &Output, digest: &str) {
+        let stdout = String::from_utf8_lossy(&patch.stdout);
+        assert!(
+            stdout.ends_with("202"),
+            "the PATCH: {stdout}\n{}",
+            String::from_utf8_lossy(&patch.stderr)
+        );
+        let upload = location(&stdout);
+        let sep = if upload.contains('?') { '&' } else { '?' };
+        let reply = self.curl_tls(
+            &["-X", "PUT", "--max-time", "600"],
+            &self.push_url(&format!("{upload}{sep}digest={digest}")),
+        );
+        assert_eq!(reply.code, 201, "finishing the upload: {}", reply.body);
+    }
+
+    /// The registry holds blob `digest` of `repo` with `len` bytes (HEAD on the push port:
+    /// its Content-Length and Docker-Content-Digest).
+    pub fn assert_blob(&self, repo: &str, digest: &str, len: u64) {
+        let reply = self.curl_tls(
+            &["-I"],
+            &self.push_url(&format!("/v2/{repo}/blobs/{digest}")),
+        );
+        assert_eq!(reply.code, 200, "{}", reply.headers);
+        let headers = reply.headers.to_lowercase();
+        assert!(
+            headers.contains(&format!("content-length: {len}\r")),
+            "{}",
+            reply.headers
+        );
+        assert!(
+            headers.contains(&format!("docker-content-digest: {digest}\r")),
+            "{}",
+            reply.headers
+        );
+    }
+
+    /// Pushes `blob` to `repo` (POST, streamed PATCH, PUT; `extra` goes to the PATCH's curl)
+    /// and checks the registry holds it; returns its digest.
+    pub fn push_blob(&self, repo: &str, blob: &mut Blob, extra: &[&str]) -> String {
+        let upload = self.start_upload(repo);
+        let len = blob.size();
+        let (patch, digest) = self.patch_streamed(&upload, blob, extra);
+        self.finish_upload(&patch, &digest);
+        self.assert_blob(repo, &digest, len);
+        digest
+    }
+
+    /// Downloads blob `digest` of `repo` anonymously through the pull port, digesting it on
+    /// the way (never stored); `extra` goes to curl. Returns the HTTP status and the digest of
+    /// the bytes received.
+    pub fn pull_blob_digest(&self, repo: &str, digest: &str, extra: &[&str]) -> (u16, String) {
+        let mut curl = self
+            .command("curl")
+            .args(["-sS", "--noproxy", "*", "--max-time", "1800", "--cacert"])
+            .arg(&self.server_ca)
+            .args(["-o", "-", "-w", "%{stderr}%{http_code}"])
+            .args(extra)
+            .arg(self.pull_url(&format!("/v2/{repo}/blobs/{digest}")))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting curl");
+        let body = curl.stdout.take().expect("curl's stdout");
+        let sum = Command::new("openssl")
+            .args(["dgst", "-sha256", "-r"])
+            .stdin(body)
+            .output()
+            .expect("running openssl dgst");
+        let out = curl.wait_with_output().expect("waiting for curl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "curl failed: {}: {stderr}",
+            out.status
+        );
+        let code = stderr
+            .trim()
+            .rsplit('\n')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        (code, blob::digest_of(&sum.stdout))
     }
 
     /// One request with the bundle's CA as the only trust.

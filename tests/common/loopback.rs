@@ -7,6 +7,7 @@
 //! Needs root (nginx binds, files owned by root), nginx, docker-registry, skopeo, curl,
 //! openssl.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,6 +26,8 @@ pub struct Loopback {
     pub work: PathBuf,
     /// What `regimage render` and `firstboot --no-system` wrote (stands for `/`).
     pub root: PathBuf,
+    /// The site config (`-c`).
+    pub config: PathBuf,
     _site: Site,
 }
 
@@ -48,39 +51,135 @@ pub struct Site {
     pub registry_port: u16,
     pub work: PathBuf,
     pub root: PathBuf,
+    pub config: PathBuf,
     // Dropped in this order: nginx, the registry, then the directory.
     _nginx: Background,
     _registry: Background,
     _dir: tempfile::TempDir,
 }
 
+/// The name [`start_site`] gives the proxy's nginx in [`start_nginx_in`]: its config is
+/// `WORK/registry-proxy.conf`, its pid file `ROOT/run/registry-proxy/nginx.pid` (where the
+/// day-2 commands look with `--root`).
+const PROXY: &str = "registry-proxy";
+
+/// The global directives the tests' nginx runs with (it stays in the foreground, as the
+/// unit runs it, and as root: the files under the test's root are root's).
+const NGINX_GLOBALS: &str = "daemon off; user root;";
+
 impl Loopback {
     /// nginx's access log (`regimage` log_format), as [`start_nginx`] places it.
     pub fn access_log(&self) -> PathBuf {
-        self.work.join("log/registry-proxy/access.log")
+        self.work.join(format!("log/{PROXY}/access.log"))
+    }
+
+    /// The proxy's pid file, as [`start_nginx_in`] places it.
+    pub fn pid_file(&self) -> PathBuf {
+        self.root.join(format!("run/{PROXY}/nginx.pid"))
+    }
+
+    /// The nginx master's PID, from its pid file.
+    pub fn nginx_master_pid(&self) -> u32 {
+        let pid_file = self.pid_file();
+        std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", pid_file.display()))
+            .trim()
+            .parse()
+            .expect("nginx.pid holds a pid")
+    }
+
+    /// What `--reload-command` runs to reload this nginx as registry-proxy.service's
+    /// `ExecReload=` does: `nginx -t` on the config, then SIGHUP to the master (a graceful
+    /// reload: same master, new workers, old ones finish their transfers). `-e stderr`:
+    /// the default error log (/var/log/nginx) is not this nginx's.
+    pub fn reload_command(&self) -> String {
+        let conf = self.work.join(format!("{PROXY}.conf"));
+        let pid_file = self.pid_file();
+        format!(
+            "nginx -t -q -c '{}' -e stderr -g '{NGINX_GLOBALS}' && kill -s HUP \"$(cat '{}')\"",
+            s(&conf),
+            s(&pid_file)
+        )
+    }
+
+    /// `regimage ARGS --root ROOT -c CONFIG`: a day-2 command (renew, client, status) on
+    /// this site's files.
+    pub fn regimage(&self, args: &[&str]) -> Command {
+        let mut cmd = regimage();
+        cmd.args(args)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("-c")
+            .arg(&self.config);
+        cmd
+    }
+
+    /// [`Loopback::regimage`] with `--reload-command` reloading this nginx.
+    pub fn regimage_reloading(&self, args: &[&str]) -> Command {
+        let mut cmd = self.regimage(args);
+        cmd.arg("--reload-command").arg(self.reload_command());
+        cmd
+    }
+
+    /// Makes sure first boot's marker (firstboot.done) exists under the root, as on an
+    /// appliance whose first boot finished: the day-2 commands wait for it. Returns
+    /// whether `firstboot --no-system` had already written it.
+    pub fn mark_first_boot_done(&self) -> bool {
+        let marker = self
+            .root
+            .join(regimage::render::FIRSTBOOT_DONE_PATH.trim_start_matches('/'));
+        if marker.is_file() {
+            return true;
+        }
+        std::fs::write(&marker, "first boot finished (tests/common/loopback.rs)\n")
+            .unwrap_or_else(|e| panic!("writing {}: {e}", marker.display()));
+        false
+    }
+
+    /// Installs the bundle `client add NAME` (or first boot) wrote for client `name`, as
+    /// [`start`] installs `ci`'s, in its own directory under the work dir.
+    pub fn install_client(&self, name: &str) -> Client {
+        let dir = self.work.join(format!("client-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("creating the client dir");
+        client::install_bundle(
+            &self.bundle(name),
+            name,
+            &dir,
+            self.client.pull,
+            self.client.push,
+        )
+    }
+
+    /// Where the bundle of client `name` is (the output dir under the root).
+    pub fn bundle(&self, name: &str) -> PathBuf {
+        self.root
+            .join(format!("var/lib/regimage/out/{name}.tar.gz"))
     }
 
     /// nginx's resident memory now, master and workers together (VmRSS, KiB).
     pub fn nginx_rss_kib(&self) -> u64 {
-        let pid_file = self.work.join("run/registry-proxy/nginx.pid");
-        let master: u32 = std::fs::read_to_string(&pid_file)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", pid_file.display()))
-            .trim()
-            .parse()
-            .expect("nginx.pid holds a pid");
-        let field = |pid: u32, name: &str| -> Option<u64> {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let line = text.lines().find(|l| l.starts_with(name))?;
-            line[name.len()..].split_whitespace().next()?.parse().ok()
-        };
-        let workers = std::fs::read_dir("/proc")
+        let master = self.nginx_master_pid();
+        std::iter::once(master)
+            .chain(self.nginx_workers().into_keys())
+            .filter_map(|pid| proc_status_field(pid, "VmRSS:"))
+            .sum()
+    }
+
+    /// The nginx master's children (workers, cache processes) and their process titles
+    /// ("nginx: worker process", "... is shutting down" while a reload retires it).
+    pub fn nginx_workers(&self) -> BTreeMap<u32, String> {
+        let master = u64::from(self.nginx_master_pid());
+        std::fs::read_dir("/proc")
             .expect("listing /proc")
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| field(*pid, "PPid:") == Some(master.into()));
-        std::iter::once(master)
-            .chain(workers)
-            .filter_map(|pid| field(pid, "VmRSS:"))
-            .sum()
+            .filter(|pid| proc_status_field(*pid, "PPid:") == Some(master))
+            .filter_map(|pid| {
+                let title = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let title = String::from_utf8_lossy(&title).replace('\0', " ");
+                Some((pid, title.trim().to_string()))
+            })
+            .collect()
     }
 }
 
@@ -113,6 +212,7 @@ pub fn start(extra_config: &str) -> Loopback {
         registry_port: site.registry_port,
         work: site.work.clone(),
         root: site.root.clone(),
+        config: site.config.clone(),
         _site: site,
     }
 }
@@ -191,18 +291,12 @@ pub fn start_site(opts: &SiteOptions<'_>) -> Site {
 
     let conf_text =
         std::fs::read_to_string(root.join("etc/registry/nginx.conf")).expect("reading nginx.conf");
-    let nginx = start_nginx_in(
-        &conf_text,
-        &root,
-        &work,
-        "registry-proxy",
-        &[pull, push],
-        opts.netns,
-    );
+    let nginx = start_nginx_in(&conf_text, &root, &work, PROXY, &[pull, push], opts.netns);
     Site {
         registry_port,
         work,
         root,
+        config: cfg,
         _nginx: nginx,
         _registry: registry,
         _dir: dir,
@@ -210,9 +304,10 @@ pub fn start_site(opts: &SiteOptions<'_>) -> Site {
 }
 
 /// nginx running `conf_text` (an nginx.conf as `regimage render` writes it) with the files
-/// under `root`; only the absolute path prefixes move into `work`, its run and log
-/// directories named `name` (the access log is `log/NAME/access.log`, errors go to
-/// `NAME.out`). Returns once it listens on every port in `ports`.
+/// under `root`; only the absolute path prefixes move: its run directory to `root/run/NAME`
+/// (the pid file where the appliance has it), its logs to `work/log/NAME` (the access log is
+/// `log/NAME/access.log`, errors go to `NAME.out`), its config to `work/NAME.conf`. Returns
+/// once it listens on every port in `ports`.
 pub fn start_nginx(
     conf_text: &str,
     root: &Path,
@@ -232,7 +327,7 @@ pub fn start_nginx_in(
     ports: &[u16],
     netns: Option<&Netns>,
 ) -> Background {
-    let run_dir = work.join("run").join(name);
+    let run_dir = root.join("run").join(name);
     let log_dir = work.join("log").join(name);
     std::fs::create_dir_all(&run_dir).expect("creating run dir");
     std::fs::create_dir_all(&log_dir).expect("creating log dir");
@@ -253,7 +348,7 @@ pub fn start_nginx_in(
         .arg(&conf)
         .arg("-e")
         .arg(&error_log)
-        .args(["-g", "daemon off; user root;"]);
+        .args(["-g", NGINX_GLOBALS]);
     if let Some(ns) = netns {
         cmd = ns.wrap(&cmd);
     }
@@ -265,4 +360,39 @@ pub fn start_nginx_in(
         }
     }
     nginx
+}
+
+/// The number in field `name` (e.g. `VmRSS:`) of /proc/PID/status.
+fn proc_status_field(pid: u32, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// The SHA-256 fingerprint (`AB:CD:...`) of the certificate the TLS server on 127.0.0.1:`port`
+/// presents now, on a new connection.
+pub fn served_cert_sha256(port: u16) -> String {
+    let out = run_ok(Command::new("sh").arg("-c").arg(format!(
+        "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null \
+         | openssl x509 -noout -fingerprint -sha256"
+    )));
+    fingerprint(&out.stdout)
+}
+
+/// The SHA-256 fingerprint (`AB:CD:...`) of the certificate in PEM file `path`.
+pub fn file_cert_sha256(path: &Path) -> String {
+    let out = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(path),
+    );
+    fingerprint(&out.stdout)
+}
+
+/// The value of openssl's `sha256 Fingerprint=AB:CD:...` line.
+fn fingerprint(stdout: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stdout);
+    let value = text.trim().split_once('=').map_or("", |(_, v)| v);
+    assert!(value.len() == 95, "not a SHA-256 fingerprint: {text:?}");
+    value.to_string()
 }
