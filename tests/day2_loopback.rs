@@ -244,15 +244,42 @@ fn renew_re_signs_an_expired_crl() {
     let client = &setup.client;
     let crl = crl_path(&setup.root);
 
+    // Before first boot finished (no firstboot.done), renew says so and changes nothing.
+    let marker = setup
+        .root
+        .join(regimage::render::FIRSTBOOT_DONE_PATH.trim_start_matches('/'));
+    let marker_text = std::fs::read(&marker).expect("reading firstboot.done");
+    std::fs::remove_file(&marker).expect("removing firstboot.done");
+    let certs = setup.root.join("etc/registry/certs");
+    let before = tree_bytes(&certs);
+    let out = output(&mut setup.regimage_reloading(&["renew", "--force"]));
+    let said = print_run("renew --force before first boot finished", &out);
+    assert!(
+        out.status.success(),
+        "renew before first boot: {}",
+        out.status
+    );
+    let said = format!("{said}{}", String::from_utf8_lossy(&out.stderr)).to_lowercase();
+    assert!(
+        said.contains("first boot") || said.contains("firstboot"),
+        "renew does not say first boot has not finished: {said}"
+    );
+    assert!(
+        tree_bytes(&certs) == before,
+        "renew changed the certificates before first boot finished"
+    );
+    std::fs::write(&marker, marker_text).expect("writing firstboot.done back");
+
     // First boot's CRL; its lifetime tells how far back a CRL must be signed to have expired.
     let (last, next) = crl_dates(&crl);
     let now = unix_now();
     assert!(next > now, "first boot's CRL has expired already");
-    let status = status_json(&setup);
+    let status = assert_status_ready(&setup);
+    assert_eq!(status_crl_next_update(&status), next, "{status}");
     assert_eq!(
-        unix(status["crl"]["next_update"].as_str().unwrap_or("")),
-        next,
-        "status --json's crl.next_update is not the CRL's: {status}"
+        status["server_ca_sha256"],
+        file_cert_sha256(&client.server_ca),
+        "status --json's server CA is not the bundle's: {status}"
     );
     let back_days = (next - last) / 86_400 + 10;
     let then = rfc3339_days_ago(back_days);
@@ -277,17 +304,14 @@ fn renew_re_signs_an_expired_crl() {
     });
     let reply = client.curl_tls(&[], &client.push_url("/v2/"));
     assert_registry_error(&reply.body, "DENIED");
-    let status = status_json(&setup);
-    assert_eq!(
-        unix(status["crl"]["next_update"].as_str().unwrap_or("")),
-        next,
-        "status --json's crl.next_update: {status}"
-    );
+    let (code, status) = status_json(&setup);
+    assert_eq!(status_crl_next_update(&status), next, "{status}");
     let problems = status["problems"].to_string().to_lowercase();
     assert!(
         problems.contains("crl") || problems.contains("revocation"),
         "status --json does not report the expired CRL as a problem: {status}"
     );
+    assert_eq!(code, 1, "status with an expired CRL: {status}");
 
     // renew on the real clock re-signs it and reloads: ci pushes again, ci3 stays refused.
     let t = Instant::now();
@@ -323,11 +347,11 @@ fn renew_re_signs_an_expired_crl() {
         "ci3 is taken after the CRL was re-signed: {}",
         reply.body
     );
-    let status = status_json(&setup);
-    assert_eq!(
-        unix(status["crl"]["next_update"].as_str().unwrap_or("")),
-        next,
-        "status --json's crl.next_update after renew: {status}"
+    let status = assert_status_ready(&setup);
+    assert_eq!(status_crl_next_update(&status), next, "{status}");
+    assert!(
+        status["last_renew"]["finished_at"].is_string() && status["last_renew"]["error"].is_null(),
+        "status --json's last_renew: {status}"
     );
 }
 
@@ -397,6 +421,24 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Every file under `dir` and its bytes.
+fn tree_bytes(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("listing a directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("reading a file");
+                files.insert(path, bytes);
+            }
+        }
+    }
+    files
+}
+
 fn crl_path(root: &Path) -> PathBuf {
     root.join("etc/registry/certs/clients/crl.pem")
 }
@@ -444,17 +486,41 @@ fn rfc3339_days_ago(days: i64) -> String {
         .expect("formatting a date")
 }
 
-/// `status --json` (its exit status is the operator's, not the test's).
-fn status_json(setup: &Loopback) -> serde_json::Value {
-    let out = output(&mut setup.regimage(&["status", "--json"]));
+/// `status --json` (with the reload command, so it sees this nginx) and its exit status.
+fn status_json(setup: &Loopback) -> (i32, serde_json::Value) {
+    let out = output(&mut setup.regimage_reloading(&["status", "--json"]));
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&text).unwrap_or_else(|e| {
+    let status = serde_json::from_str(&text).unwrap_or_else(|e| {
         panic!(
             "status --json ({}) is not JSON ({e}): {text}\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         )
-    })
+    });
+    (out.status.code().unwrap_or(-1), status)
+}
+
+/// `status --json` says all is well: exit 0, ready, no problems, the proxy running.
+fn assert_status_ready(setup: &Loopback) -> serde_json::Value {
+    let (code, status) = status_json(setup);
+    assert_eq!(code, 0, "status --json: {status}");
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["problems"], serde_json::json!([]), "{status}");
+    assert_eq!(status["proxy"]["active"], true, "{status}");
+    assert_eq!(
+        status["proxy"]["main_pid"],
+        setup.nginx_master_pid(),
+        "{status}"
+    );
+    status
+}
+
+/// status's `crl.next_update`, in Unix seconds.
+fn status_crl_next_update(status: &serde_json::Value) -> i64 {
+    let next = status["crl"]["next_update"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no crl.next_update: {status}"));
+    unix(next)
 }
 
 /// `client list --json`.
