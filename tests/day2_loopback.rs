@@ -94,6 +94,12 @@ fn renew_force_reloads_while_blobs_are_in_flight() {
             new_cert, old_cert,
             "renew --force kept the server certificate"
         );
+        // registry.pem (what nginx loads: the key, then the certificate) holds the same one.
+        assert_eq!(
+            file_cert_sha256(&setup.root.join("etc/registry/certs/private/registry.pem")),
+            new_cert,
+            "registry.pem and registry.crt hold different certificates"
+        );
         at_once("the pull port serves the new certificate", || {
             served_cert_sha256(client.pull) == new_cert
         });
