@@ -65,6 +65,14 @@ impl Proxy {
             return Ok(Reloaded::NoProxy);
         }
         let Some(main_pid) = self.main_pid()? else {
+            if let Proxy::Command { command, .. } = self {
+                // A test's proxy whose PID file is elsewhere: reload it, without the wait.
+                Task::new("reloading the TLS proxy", "sh")
+                    .arg("-c")
+                    .arg(command)
+                    .run()
+                    .context("reloading the TLS proxy")?;
+            }
             return Ok(Reloaded::NotRunning);
         };
         let old = workers(main_pid);
