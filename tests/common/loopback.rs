@@ -327,6 +327,7 @@ pub fn start_nginx_in(
     ports: &[u16],
     netns: Option<&Netns>,
 ) -> Background {
+    // Under root, where `regimage renew --root ROOT` looks for nginx's PID file.
     let run_dir = root.join("run").join(name);
     let log_dir = work.join("log").join(name);
     std::fs::create_dir_all(&run_dir).expect("creating run dir");
