@@ -361,9 +361,70 @@ fn renew_re_signs_an_expired_crl() {
     );
 }
 
+/// A client the site config no longer lists is revoked by the next `renew` (refused at once,
+/// its bundle gone); listing it again does not issue it again.
+#[test]
+#[ignore = "needs root, nginx, docker-registry, skopeo, curl: run by `make test`"]
+fn renew_revokes_a_client_the_config_dropped() {
+    let setup = start_with("clients: [ci, ci4]\n");
+    let ci4 = setup.install_client("ci4");
+    assert_push_accepted(&ci4);
+    let config = std::fs::read_to_string(&setup.config).expect("reading the config");
+    let set_clients = |list: &str| {
+        let text = config.replace("clients: [ci, ci4]", &format!("clients: [{list}]"));
+        std::fs::write(&setup.config, text).expect("writing the config");
+    };
+
+    set_clients("ci");
+    let out = run_ok(&mut setup.regimage_reloading(&["renew"]));
+    let said = print_run("renew without ci4 in the config", &out);
+    println!("FIGURE renew: {}", reload_line(&said));
+    assert!(
+        said.lines()
+            .any(|l| l.contains("ci4") && l.contains("revoked")),
+        "renew does not say it revoked ci4:\n{said}"
+    );
+    at_once("the push port refuses ci4", || {
+        ci4.curl_tls(&[], &ci4.push_url("/v2/")).code == 400
+    });
+    let reply = ci4.curl_tls(&[], &ci4.push_url("/v2/"));
+    assert_registry_error(&reply.body, "DENIED");
+    assert!(!setup.bundle("ci4").exists(), "ci4's bundle is still there");
+    assert_eq!(client_state(&setup, "ci4"), "revoked");
+    assert_push_accepted(&setup.client);
+
+    // Listed again: not issued again by accident (client add --reissue-revoked does it).
+    // Nothing nginx serves changes, so nginx is not reloaded (the same workers).
+    set_clients("ci, ci4");
+    let workers = setup.nginx_workers();
+    let out = run_ok(&mut setup.regimage_reloading(&["renew"]));
+    assert_eq!(
+        setup.nginx_workers(),
+        workers,
+        "renew reloaded nginx although nothing it serves changed"
+    );
+    let said = print_run("renew with ci4 listed again", &out);
+    assert!(
+        said.contains("--reissue-revoked"),
+        "renew does not say how to issue ci4 again:\n{said}"
+    );
+    assert_eq!(client_state(&setup, "ci4"), "revoked");
+    assert!(
+        !setup.bundle("ci4").exists(),
+        "renew wrote ci4's bundle again"
+    );
+    let reply = ci4.curl_tls(&[], &ci4.push_url("/v2/"));
+    assert_eq!(reply.code, 400, "ci4 is taken again: {}", reply.body);
+}
+
 /// The loopback site with first boot marked done (the day-2 commands wait for it).
 fn start() -> Loopback {
-    let setup = loopback::start("");
+    start_with("")
+}
+
+/// [`start`] with `extra_config` appended to the site config.
+fn start_with(extra_config: &str) -> Loopback {
+    let setup = loopback::start(extra_config);
     if !setup.mark_first_boot_done() {
         progress("firstboot --no-system wrote no firstboot.done: the test wrote it");
     }
