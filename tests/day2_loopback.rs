@@ -182,7 +182,28 @@ fn client_add_then_revoke_refuses_only_that_client() {
     );
     let ci2 = setup.install_client("ci2");
     ci2.push_and_pull("day2/ci2", "pushed by ci2\n");
-    assert_eq!(client_state(&setup, "ci2"), "active");
+    // client list --json: ci2 as its certificate says, ci from the config.
+    let list = client_list(&setup);
+    let entry = client_entry(&list, "ci2");
+    assert_eq!(entry["state"], "active", "{list}");
+    assert_eq!(entry["origin"], "added", "{list}");
+    assert!(entry["revoked_at"].is_null(), "{list}");
+    let (serial, end) = cert_serial_and_end(&ci2.cert);
+    assert_eq!(
+        entry["serial"]
+            .as_str()
+            .unwrap_or("")
+            .trim_start_matches('0')
+            .to_lowercase(),
+        serial,
+        "{list}"
+    );
+    assert_eq!(
+        unix(entry["not_after"].as_str().unwrap_or("")),
+        end,
+        "{list}"
+    );
+    assert_eq!(client_entry(&list, "ci")["origin"], "config", "{list}");
 
     let t = Instant::now();
     let out = run_ok(&mut setup.regimage_reloading(&["client", "revoke", "ci2"]));
@@ -504,6 +525,25 @@ fn tree_bytes(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
         }
     }
     files
+}
+
+/// A certificate's serial (lowercase hex, no leading zeros) and notAfter (Unix seconds),
+/// as `openssl x509` reads them.
+fn cert_serial_and_end(cert: &Path) -> (String, i64) {
+    let out = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-enddate", "-in"])
+            .arg(cert),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("openssl x509 printed no {name}: {text}"))
+            .to_string()
+    };
+    let serial = field("serial=").trim_start_matches('0').to_lowercase();
+    (serial, unix(&field("notAfter=")))
 }
 
 fn crl_path(root: &Path) -> PathBuf {
