@@ -121,13 +121,17 @@ impl Loopback {
         cmd
     }
 
+    /// First boot's marker under the root (firstboot.done).
+    pub fn first_boot_marker(&self) -> PathBuf {
+        self.root
+            .join(regimage::render::FIRSTBOOT_DONE_PATH.trim_start_matches('/'))
+    }
+
     /// Makes sure first boot's marker (firstboot.done) exists under the root, as on an
     /// appliance whose first boot finished: the day-2 commands wait for it. Returns
     /// whether `firstboot --no-system` had already written it.
     pub fn mark_first_boot_done(&self) -> bool {
-        let marker = self
-            .root
-            .join(regimage::render::FIRSTBOOT_DONE_PATH.trim_start_matches('/'));
+        let marker = self.first_boot_marker();
         if marker.is_file() {
             return true;
         }
