@@ -117,6 +117,8 @@ fn renew(
         let what = match cert.role {
             "server" => "server certificate".to_string(),
             "client" => format!("client {}", cert.name),
+            "server-ca" => "server CA".to_string(),
+            "client-ca" => "client CA".to_string(),
             other => other.to_string(),
         };
         let reason = certified
