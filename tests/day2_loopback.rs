@@ -384,6 +384,88 @@ fn renew_before_first_boot_finished_changes_nothing() {
     );
 }
 
+/// Revoked serials the big-CRL test adds (the issue's figure).
+const MANY_REVOKED: usize = 1000;
+
+/// A CRL of 1,000 revoked serials, signed by `renew` from the client index, loads in the
+/// real nginx: `nginx -t` and the reload stay quick (the figures), a client outside the list
+/// still pushes and one in it is refused.
+#[test]
+#[ignore = "needs root, nginx, docker-registry, skopeo, curl: run by `make test`"]
+fn a_crl_of_1000_serials_loads_and_refuses_only_those() {
+    let setup = start();
+    let client = &setup.client;
+    let crl = crl_path(&setup.root);
+    let nginx_t = || {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                run_ok(
+                    Command::new("sh")
+                        .arg("-c")
+                        .arg(setup.config_test_command()),
+                );
+                t.elapsed()
+            })
+            .min()
+            .expect("three runs")
+    };
+    let load_before = nginx_t();
+    let size_before = std::fs::metadata(&crl).expect("the CRL").len();
+
+    // One real client revoked (its certificate must stay refused), then 1,000 revoked
+    // clients recorded in the index, as 1,000 `client revoke` runs would leave it.
+    run_ok(&mut setup.regimage(&["client", "add", "gone"]));
+    let gone = setup.install_client("gone");
+    run_ok(&mut setup.regimage_reloading(&["client", "revoke", "gone"]));
+    let index_path = setup.root.join("var/lib/regimage/clients.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).expect("reading clients.json"))
+            .expect("clients.json is JSON");
+    let revoked_at = rfc3339_days_ago(1);
+    let clients = index["clients"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("clients.json has no clients list"));
+    for i in 0..MANY_REVOKED {
+        clients.push(serde_json::json!({
+            "name": format!("old-{i}"),
+            "origin": "added",
+            "state": "revoked",
+            "revoked_at": revoked_at,
+            "certificates": [{
+                "serial": format!("{:032x}", (1u128 << 120) + i as u128),
+                "not_after": "2099-01-01T00:00:00Z",
+                "revoked_at": revoked_at,
+            }],
+        }));
+    }
+    std::fs::write(
+        &index_path,
+        serde_json::to_vec_pretty(&index).expect("encoding"),
+    )
+    .expect("writing clients.json");
+
+    let out = run_ok(&mut setup.regimage_reloading(&["renew"]));
+    let said = print_run("renew with 1,000 more revoked serials", &out);
+    let reload = reload_line(&said);
+    let listed = revoked_in_crl(&crl);
+    assert_eq!(listed, MANY_REVOKED + 1, "serials in the CRL");
+    let load_after = nginx_t();
+    let size_after = std::fs::metadata(&crl).expect("the CRL").len();
+    println!(
+        "FIGURE CRL of {listed} revoked serials: {size_after} bytes (first boot's: {size_before}); \
+         nginx -t {:.0} ms with it, {:.0} ms with first boot's; renew's {reload}",
+        ms(load_after),
+        ms(load_before)
+    );
+    assert_push_accepted(client);
+    client.push_and_pull("day2/big-crl", "pushed past a CRL of 1,001 serials\n");
+    let reply = gone.curl_tls(&[], &gone.push_url("/v2/"));
+    assert_eq!(reply.code, 400, "a revoked client is taken: {}", reply.body);
+    assert_registry_error(&reply.body, "DENIED");
+    assert_status_ready(&setup);
+}
+
 /// A client the site config no longer lists is revoked by the next `renew` (refused at once,
 /// its bundle gone); listing it again does not issue it again.
 #[test]
@@ -546,6 +628,18 @@ fn cert_serial_and_end(cert: &Path) -> (String, i64) {
     };
     let serial = field("serial=").trim_start_matches('0').to_lowercase();
     (serial, unix(&field("notAfter=")))
+}
+
+/// How many serials the CRL at `crl` lists (`openssl crl -text`).
+fn revoked_in_crl(crl: &Path) -> usize {
+    let out = run_ok(
+        Command::new("openssl")
+            .args(["crl", "-noout", "-text", "-in"])
+            .arg(crl),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .matches("Serial Number:")
+        .count()
 }
 
 fn crl_path(root: &Path) -> PathBuf {

@@ -93,12 +93,20 @@ impl Loopback {
     /// reload: same master, new workers, old ones finish their transfers). `-e stderr`:
     /// the default error log (/var/log/nginx) is not this nginx's.
     pub fn reload_command(&self) -> String {
-        let conf = self.work.join(format!("{PROXY}.conf"));
-        let pid_file = self.pid_file();
         format!(
-            "nginx -t -q -c '{}' -e stderr -g '{NGINX_GLOBALS}' && kill -s HUP \"$(cat '{}')\"",
-            s(&conf),
-            s(&pid_file)
+            "{} && kill -s HUP \"$(cat '{}')\"",
+            self.config_test_command(),
+            s(&self.pid_file())
+        )
+    }
+
+    /// `nginx -t` on this nginx's config, as the unit's `ExecReload=` runs it first (it loads
+    /// every certificate, key and CRL the config names).
+    pub fn config_test_command(&self) -> String {
+        let conf = self.work.join(format!("{PROXY}.conf"));
+        format!(
+            "nginx -t -q -c '{}' -e stderr -g '{NGINX_GLOBALS}'",
+            s(&conf)
         )
     }
 
