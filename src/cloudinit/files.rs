@@ -13,9 +13,6 @@ use super::BINARY_PATH;
 use crate::render::FileEntry;
 use crate::yaml_out::Value;
 
-/// Text files up to this size stay readable in the user-data.
-const TEXT_INLINE_MAX: usize = 2048;
-
 /// A `write_files` item. Every file is deferred to the final stage (`defer: true`), whoever
 /// owns it: `write_files` runs before `users`, so a file owned by (or grouped to) the
 /// service or proxy user would fail its chown; and deferred files land after `packages`, so
@@ -77,22 +74,17 @@ enum Content {
 }
 
 /// Text stays text when it is clean UTF-8 (no control characters but newline and tab) and
-/// small, or when compressing would save under a fifth; everything else is gz+b64.
+/// its gz+b64 would not be shorter; everything else is gz+b64. The user-data must fit
+/// EC2's 16 KiB with `--binary-url` (issue 11 brought two units), so only files too small
+/// to gain stay readable here; `regimage render` shows every file as it lands.
 fn encode_content(bytes: &[u8]) -> Result<Content> {
     let text = std::str::from_utf8(bytes)
         .ok()
         .filter(|s| !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'));
+    let b64 = gz_b64(bytes)?;
     match text {
-        Some(s) if s.len() <= TEXT_INLINE_MAX => Ok(Content::Text(s.to_string())),
-        Some(s) => {
-            let b64 = gz_b64(bytes)?;
-            if b64.len() * 5 < s.len() * 4 {
-                Ok(Content::GzB64(b64))
-            } else {
-                Ok(Content::Text(s.to_string()))
-            }
-        }
-        None => Ok(Content::GzB64(gz_b64(bytes)?)),
+        Some(s) if s.len() <= b64.len() => Ok(Content::Text(s.to_string())),
+        _ => Ok(Content::GzB64(b64)),
     }
 }
 
@@ -172,6 +164,14 @@ mod tests {
         ));
         assert!(matches!(
             encode_content(b"bell\x07").unwrap(),
+            Content::GzB64(_)
+        ));
+        // A text that gains from compression is compressed, however short.
+        let unit =
+            "[Unit]\nDescription=x\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n".repeat(4);
+        assert!(unit.len() < 400);
+        assert!(matches!(
+            encode_content(unit.as_bytes()).unwrap(),
             Content::GzB64(_)
         ));
         let big = "server { listen 443; }\n".repeat(200);

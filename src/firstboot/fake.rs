@@ -215,7 +215,10 @@ impl FakeSystem {
 fn known_unit(manager: Manager, unit: &str) -> bool {
     match manager {
         Manager::System => {
-            unit == "registry-proxy.service" || unit == DISTRO_NGINX || unit.starts_with("user@")
+            unit == "registry-proxy.service"
+                || unit == "regimage-renew.timer"
+                || unit == DISTRO_NGINX
+                || unit.starts_with("user@")
         }
         Manager::User(_) => unit == "registry.service",
     }
