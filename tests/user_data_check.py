@@ -71,12 +71,20 @@ def check(doc):
     files = doc["write_files"]
     expect(isinstance(files, list) and files, "write_files is not a non-empty list")
     paths = []
+    # The items with cloud-init's defaults filled in (what it writes).
+    resolved = []
     for f in files:
         expect(isinstance(f, dict), f"write_files item {f!r} is not a mapping")
         allowed = {"path", "owner", "permissions", "encoding", "content", "defer"}
         expect(set(f) <= allowed, f"{f.get('path')}: unexpected keys {set(f) - allowed}")
-        for key in ("path", "owner", "permissions", "content"):
+        for key in ("path", "content"):
             expect(isinstance(f.get(key), str), f"{f.get('path')}: {key} is {f.get(key)!r}, not a string")
+        # regimage leaves out cloud-init's defaults; what is written must be a string.
+        for key in ("owner", "permissions"):
+            expect(isinstance(f.get(key, ""), str), f"{f.get('path')}: {key} is {f.get(key)!r}, not a string")
+        expect(f.get("owner") != "root:root", f"{f.get('path')}: the default owner is written")
+        expect(f.get("permissions") != "0644", f"{f.get('path')}: the default permissions are written")
+        f = {"owner": "root:root", "permissions": "0644", **f}
         path = f["path"]
         expect(path.startswith("/") and not path.startswith(("/tmp/", "/var/tmp/")), f"bad path {path}")
         expect(re.fullmatch(r"[0-7]{4}", f["permissions"]) is not None, f"{path}: permissions {f['permissions']!r}")
@@ -85,6 +93,7 @@ def check(doc):
         if "encoding" in f:
             expect(f["encoding"] == "gz+b64", f"{path}: encoding {f['encoding']!r}")
         paths.append(path)
+        resolved.append(f)
     expect(len(paths) == len(set(paths)), "a path is written twice")
 
     # bootcmd runs at every boot: its one item (the lean package install) runs once per
@@ -104,7 +113,7 @@ def check(doc):
     return {
         "packages": doc["packages"],
         "users": [u if isinstance(u, str) else u["name"] for u in users],
-        "files": {f["path"]: {"owner": f["owner"], "permissions": f["permissions"], "encoding": f.get("encoding", "text")} for f in files},
+        "files": {f["path"]: {"owner": f["owner"], "permissions": f["permissions"], "encoding": f.get("encoding", "text")} for f in resolved},
         "runcmd": runcmd,
     }
 

@@ -233,8 +233,10 @@ fn renew_keeps_home_visible_when_the_bundles_live_there() {
         ("/home/admin/bundles", false),
         ("/root/bundles", false),
     ] {
-        let mut config = Config::default();
-        config.output_dir = dir.into();
+        let config = Config {
+            output_dir: dir.into(),
+            ..Config::default()
+        };
         let files = appliance_files(&config).unwrap();
         let service = unit_directives(&text(&files, RENEW_SERVICE_PATH));
         assert_eq!(
