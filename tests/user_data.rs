@@ -451,6 +451,88 @@ fn every_spelling_of_build_user_data_writes_the_same_document() {
     }
 }
 
+/// cloud-init's own write_files, run on the built document, lays down exactly what
+/// `regimage render` writes: the same bytes, and the mode and owner of its manifest, also
+/// for the files whose owner and mode the document leaves to cloud-init's defaults.
+#[test]
+fn cloud_init_writes_what_render_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("user-data");
+    let out = build(&[
+        "-o",
+        doc.to_str().unwrap(),
+        "--binary-url",
+        "https://example.com/regimage",
+        "--binary-sha256",
+        &"ab".repeat(32),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rendered = dir.path().join("rendered");
+    let out = run(Command::new(BIN).arg("render").arg("--root").arg(&rendered));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = dir.path().join("written");
+    fs::create_dir(&written).unwrap();
+    let out = run(Command::new("/usr/bin/python3")
+        .arg(helper())
+        .arg("write")
+        .arg(&doc)
+        .arg(&written));
+    assert!(
+        out.status.success(),
+        "cloud-init's write_files: {}",
+        text(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(rendered.join("usr/share/regimage/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let mut files: Vec<String> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    files.push("/usr/share/regimage/manifest.json".into());
+    let mut defaults = 0;
+    for path in &files {
+        let rel = &path[1..];
+        assert_eq!(
+            fs::read(written.join(rel)).unwrap(),
+            fs::read(rendered.join(rel)).unwrap(),
+            "{path}"
+        );
+        let want = manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == path.as_str())
+            .map_or(("0644".to_string(), "root:root".to_string()), |e| {
+                (
+                    e["mode"].as_str().unwrap().to_string(),
+                    format!(
+                        "{}:{}",
+                        e["owner"].as_str().unwrap(),
+                        e["group"].as_str().unwrap()
+                    ),
+                )
+            });
+        assert_eq!(report[path]["mode"], want.0.as_str(), "{path}");
+        assert_eq!(report[path]["owner"], want.1.as_str(), "{path}");
+        if !fs::read_to_string(&doc)
+            .unwrap()
+            .contains(&format!("path: \"{path}\"\n    permissions:"))
+        {
+            defaults += 1;
+        }
+    }
+    assert_eq!(report.as_object().unwrap().len(), files.len());
+    assert!(
+        defaults >= 8,
+        "{defaults} files left to cloud-init's defaults"
+    );
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

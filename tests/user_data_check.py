@@ -9,6 +9,9 @@
   user_data_check.py script FILE          print the runcmd script exactly as cloud-init
                                           writes it (cloudinit.util.shellify; run this with
                                           the python3 that has the cloudinit package)
+  user_data_check.py write FILE ROOT      write every write_files item under ROOT with
+                                          cloud-init's own write_files (same python3), owners
+                                          recorded instead of set; print {path: {mode, owner}}
 
 --fast uses libyaml's CSafeLoader (same YAML 1.1 resolver, for multi-megabyte documents);
 the default is PyYAML's pure-Python SafeLoader, which is what cloud-init uses.
@@ -138,6 +141,28 @@ def main(argv):
         from cloudinit.util import shellify
 
         sys.stdout.write(shellify(doc["runcmd"]))
+    elif cmd == "write":
+        import os
+
+        from cloudinit import util
+        from cloudinit.config import cc_write_files
+
+        root = argv[3]
+        owners = {}
+
+        def record(path, user, group):
+            owners[path[len(root):]] = f"{user}:{group}"
+
+        # The owners are the machine's users; here they are only recorded.
+        util.chownbyname = record
+        # A mode left out must not come from the umask.
+        os.umask(0o077)
+        items = [{**{k: v for k, v in f.items() if k != "defer"}, "path": root + f["path"]} for f in doc["write_files"]]
+        cc_write_files.write_files("write_files", items, "root:root")
+        json.dump(
+            {f["path"]: {"mode": f"{os.stat(root + f['path']).st_mode & 0o7777:04o}", "owner": owners.get(f["path"])} for f in doc["write_files"]},
+            sys.stdout,
+        )
     else:
         fail(__doc__)
 
