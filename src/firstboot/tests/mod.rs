@@ -383,7 +383,7 @@ fn clean_run_makes_a_ready_machine() {
     assert!(m.path(render::FIRSTBOOT_DONE_PATH).is_file());
     // The server CA's fingerprint, as the bundle README asks clients to compare it: the
     // SHA-256 of the DER of ca/ca.crt, in status.json and on the console (issue 11).
-    let ca_pem = std::fs::read(PkiPaths::new(m.root()).ca_cert).unwrap();
+    let ca_pem = std::fs::read(crate::pki::PkiPaths::new(m.root()).ca_cert).unwrap();
     let (_, ca) = x509_parser::pem::parse_x509_pem(&ca_pem).unwrap();
     let ca_sha256 = pki::fingerprint(&ca.contents);
     assert_eq!(ca_sha256.len(), 95);
