@@ -619,7 +619,7 @@ fn binary_url_fits_ec2_and_checks_the_download() {
         let size = fs::metadata(&out_path).unwrap().len();
         println!("{distro}: user-data with --binary-url is {size} bytes (limit 16384)");
         // Room left for a site's own config (more clients, names, networks) and for what
-        // later versions add: 1188 bytes with issue 11's two units (1 KiB is the floor).
+        // later versions add: 1144 bytes with issue 11's two units (1 KiB is the floor).
         assert!(
             size + EC2_HEADROOM <= 16384,
             "{size} bytes: less than {EC2_HEADROOM} bytes left under EC2's 16 KiB"
