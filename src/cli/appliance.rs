@@ -113,9 +113,4 @@ impl ApplianceSpec {
             sans: None,
         })
     }
-
-    /// Whether this is the real machine (not a test root).
-    pub fn is_system(&self) -> bool {
-        self.system
-    }
 }

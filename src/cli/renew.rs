@@ -23,7 +23,7 @@ impl RenewArgs {
     pub fn run(self) -> Result<()> {
         let (config, spec) = self.appliance.load(!self.dry_run)?;
         let app = spec.appliance(&config)?;
-        if spec.is_system() && !app.first_boot_done() {
+        if !app.first_boot_done() {
             println!("first boot has not finished on this machine: nothing to renew yet");
             return Ok(());
         }
