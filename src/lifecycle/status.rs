@@ -2,9 +2,8 @@
 //! files on the machine and the proxy's state. Changes nothing.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use time::Duration;
 
@@ -84,45 +83,7 @@ pub struct ProxyState {
 
 /// The server certificate's own names and addresses (what it serves now).
 pub fn sans_of_server_cert(app: &Appliance<'_>) -> Result<Sans> {
-    let path = app.pki_paths().server_cert;
-    let pem =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    let (_, x509) = x509_parser::parse_x509_certificate(&block.contents)
-        .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
-    let mut sans = Sans {
-        primary_name: String::new(),
-        dns_names: Vec::new(),
-        ip_addresses: Vec::new(),
-    };
-    if let Ok(Some(ext)) = x509.subject_alternative_name() {
-        for name in &ext.value.general_names {
-            match name {
-                x509_parser::extensions::GeneralName::DNSName(n) => {
-                    sans.dns_names.push(n.to_ascii_lowercase())
-                }
-                x509_parser::extensions::GeneralName::IPAddress(octets) => {
-                    if let Ok(v4) = <[u8; 4]>::try_from(*octets) {
-                        sans.ip_addresses.push(IpAddr::from(v4));
-                    } else if let Ok(v6) = <[u8; 16]>::try_from(*octets) {
-                        sans.ip_addresses.push(IpAddr::from(v6));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    sans.primary_name = x509
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string)
-        .or_else(|| sans.dns_names.first().cloned())
-        .or_else(|| sans.ip_addresses.first().map(IpAddr::to_string))
-        .unwrap_or_default();
-    Ok(sans)
+    pki::served_sans(&app.pki_paths().server_cert)
 }
 
 /// Reads everything `status` shows.

@@ -243,6 +243,31 @@ fn keep_copy(path: &Path, cert_pem: &str, report: &mut PkiReport) -> Result<()> 
     Ok(())
 }
 
+/// The names the server certificate at `path` carries (what the proxy serves): its CN (else
+/// its first name or address) as the primary name, and its SANs.
+pub fn served_sans(path: &Path) -> Result<Sans> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let der = pem_to_der(&pem).with_context(|| format!("reading {}", path.display()))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
+    let (dns_names, ip_addresses) = cert_sans(&x509);
+    let primary_name = x509
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string)
+        .or_else(|| dns_names.first().cloned())
+        .or_else(|| ip_addresses.first().map(IpAddr::to_string))
+        .unwrap_or_default();
+    Ok(Sans {
+        primary_name,
+        dns_names,
+        ip_addresses,
+    })
+}
+
 /// The DNS names (lowercased) and IP addresses in a certificate's SAN extension.
 fn cert_sans(x509: &X509Certificate<'_>) -> (Vec<String>, Vec<IpAddr>) {
     let mut dns = Vec::new();

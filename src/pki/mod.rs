@@ -36,6 +36,7 @@ pub use report::{fingerprint, rfc3339, serial_and_end, Action, CertReport, FileR
 
 use ca::{ensure_ca, limited_cn, load_ca, CaSpec};
 use layout::{set_group, CERT_MODE, DIR_MODE, KEY_MODE, PRIVATE_DIR_MODE, PROXY_READABLE_MODE};
+pub use leaf::served_sans;
 use leaf::{ensure_leaf, LeafSpec, Reissue};
 
 /// Certificates are dated a little in the past so a clock slightly behind still accepts them.
