@@ -813,8 +813,9 @@ const RENEW_TIMER: &str = "regimage-renew.timer";
 
 /// Runs `command` as root in the guest and records its wall time measured around the ssh
 /// command as `{stage}_seconds` (and, to tell ssh's share under TCG apart, the time inside
-/// the guest as `{stage}_in_guest_seconds`); returns its stdout. Panics unless it exits 0.
-fn timed_root(vm: &Vm, timings: &mut Timings, stage: &str, command: &str) -> String {
+/// the guest as `{stage}_in_guest_seconds`); returns its stdout and its stderr. Panics
+/// unless it exits 0.
+fn timed_root(vm: &Vm, timings: &mut Timings, stage: &str, command: &str) -> (String, String) {
     let script = format!(
         "t0=$(date +%s.%N)\n{command}\nrc=$?\nt1=$(date +%s.%N)\n\
          echo \"regimage-e2e-in-guest $t0 $t1\" >&2\nexit $rc\n"
@@ -844,7 +845,12 @@ fn timed_root(vm: &Vm, timings: &mut Timings, stage: &str, command: &str) -> Str
             (t * 100.0).round() / 100.0,
         );
     }
-    stdout
+    let stderr = stderr
+        .lines()
+        .filter(|l| !l.starts_with("regimage-e2e-in-guest "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (stdout, stderr)
 }
 
 /// `command` as root in the guest must exit 2 (a refused day-2 command) and say why.
@@ -965,7 +971,7 @@ fn check_day2(
     let ci = install_bundle(vm, &work.join("day2-ci"), ports, name, CLIENT);
 
     // client add: a bundle, a key and a certificate of its own, with the modes of ci's.
-    let added = timed_root(
+    let (added, _) = timed_root(
         vm,
         timings,
         "vm1_day2_client_add",
@@ -1082,12 +1088,13 @@ fn check_day2(
     let ci_serial = serial_hex(&vm.root_ok(&format!(
         "openssl x509 -noout -serial -in /etc/registry/certs/clients/{CLIENT}.crt"
     )));
-    let renewed = timed_root(
+    let (stdout, stderr) = timed_root(
         vm,
         timings,
         "vm1_day2_renew_force",
         "regimage renew --force",
     );
+    let renewed = format!("{stdout}{stderr}");
     progress(&format!("renew --force printed:\n{}", renewed.trim_end()));
     let reload = reload_seconds(&renewed);
     if let Some((line, seconds)) = &reload {
@@ -1207,10 +1214,12 @@ fn check_day2(
 
 #[test]
 fn reload_seconds_reads_a_duration_on_the_reload_line() {
-    let out = "server certificate: renewed (serial 0A)\nproxy: reloaded in 412 ms\n";
+    let line = "proxy: reloaded in 0.41 s (main PID 1234 kept; transfers in flight finish on the old workers)";
+    let out = format!("proxy: reload pending\nserver certificate: renewed (serial 0A)\n{line}\n");
+    assert_eq!(reload_seconds(&out), Some((line.into(), 0.41)));
     assert_eq!(
-        reload_seconds(out),
-        Some(("proxy: reloaded in 412 ms".into(), 0.412))
+        reload_seconds("proxy: reloaded in 412 ms").map(|(_, s)| s),
+        Some(0.412)
     );
     assert_eq!(
         reload_seconds("proxy reload: 1.5s.\n").map(|(_, s)| s),
