@@ -238,13 +238,14 @@ fn cloud_login(root: &Path) -> Option<&'static str> {
         .then_some(user)
 }
 
-/// Writes NAME.tar.gz for every configured client into the output directory under `root`
+/// Writes NAME.tar.gz for every client in `clients` into the output directory under `root`
 /// (0700), from the certificates in `paths`. An unchanged bundle is left as it is.
 pub fn write_bundles(
     root: &Path,
     config: &Config,
     host: &str,
     paths: &PkiPaths,
+    clients: &[String],
 ) -> Result<Vec<BundleReport>> {
     let out_dir = fsutil::under_root(root, &config.output_dir);
     fsutil::refuse_symlink(&out_dir, "output-dir")?;
@@ -252,7 +253,7 @@ pub fn write_bundles(
     let server_ca_pem = read(&paths.ca_cert)?;
     let login_user = cloud_login(root);
     let mut reports = Vec::new();
-    for client in &config.clients {
+    for client in clients {
         let cert_path = paths.client_cert(client);
         let client_cert_pem = read(&cert_path)?;
         let client_key_pem = read(&paths.client_key(client))?;

@@ -16,6 +16,7 @@ pub mod firstboot;
 pub mod fsutil;
 pub mod identity;
 pub mod init;
+pub mod lifecycle;
 pub mod logging;
 pub mod oci_archive;
 pub mod pki;

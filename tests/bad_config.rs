@@ -26,6 +26,8 @@ const BAD: &[(&str, &str, &str)] = &[
     ("registry:\n  imag: x\n", "registry.imag", "unknown field"),
     ("pki:\n  key-algorithm: dsa\n", "pki.key-algorithm", "ecdsa-p256"),
     ("pki:\n  leaf-validity-days: 5000\n", "pki.leaf-validity-days", "expected 1 to"),
+    ("pki:\n  renew-before-days: 0\n", "pki.renew-before-days", "expected 1 to"),
+    ("pki:\n  leaf-validity-days: 30\n", "pki.renew-before-days", "one less than"),
     ("pki:\n  ca-validity-days: -1\n", "pki.ca-validity-days", "invalid value"),
     ("clients: []\n", "clients", "at least one"),
     ("clients: [ci, ci]\n", "clients[1]", "unique"),

@@ -108,7 +108,8 @@ fn no_system_makes_a_verified_pki_and_bundles() {
         ("private", 0o750),
         ("private/ca.key", 0o600),
         ("private/client-ca.key", 0o600),
-        ("private/registry.key", 0o640),
+        ("private/registry.pem", 0o640),
+        ("clients/crl.pem", 0o644),
         ("private/client-ci.key", 0o600),
         ("private/client-build-2.key", 0o600),
         ("registry.crt", 0o644),
@@ -308,7 +309,7 @@ fn bundle_completes_a_mutual_tls_handshake() {
         .arg("-cert")
         .arg(certs(root, "registry.crt"))
         .arg("-key")
-        .arg(certs(root, "private/registry.key"))
+        .arg(certs(root, "private/registry.pem"))
         .arg("-CAfile")
         .arg(certs(root, "clients/ca.crt"))
         .args(["-Verify", "1", "-verify_return_error"])
@@ -380,7 +381,7 @@ fn rerun_keeps_every_file_and_bundle() {
         !stdout.contains("made") && !stdout.contains("replaced"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches("  kept ").count(), 10 + 2, "{stdout}");
+    assert_eq!(stdout.matches("  kept ").count(), 11 + 2, "{stdout}");
 
     // Deleting one leaf remakes that leaf and its bundle only.
     std::fs::remove_file(certs(&setup.root, "clients/build-2.crt")).expect("removing");
@@ -396,6 +397,8 @@ fn rerun_keeps_every_file_and_bundle() {
         [
             "etc/registry/certs/clients/build-2.crt",
             "etc/registry/certs/private/client-build-2.key",
+            // The client index records the new certificate's serial.
+            "var/lib/regimage/clients.json",
             "var/lib/regimage/out/build-2.tar.gz",
         ]
     );

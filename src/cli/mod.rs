@@ -4,12 +4,16 @@
 //! Exit status: 0 success, 1 failure, 2 bad input (arguments or config); the mapping is
 //! [`crate::error::exit_code_for`]. Nothing outside this module imports from it.
 
+mod appliance;
 mod build;
 mod check;
+mod client;
 mod fetch_image;
 mod firstboot;
 mod init;
 mod render;
+mod renew;
+mod status;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -20,18 +24,24 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, ConfigError};
 use crate::error::exit_code_for;
 
+pub use appliance::ApplianceArgs;
 pub use build::{BuildArgs, BuildFormat, Qcow2Args, UserDataArgs};
 pub use check::CheckArgs;
+pub use client::{ClientArgs, ClientCommand};
 pub use fetch_image::FetchImageArgs;
 pub use firstboot::FirstbootArgs;
 pub use init::InitArgs;
 pub use render::RenderArgs;
+pub use renew::RenewArgs;
+pub use status::StatusArgs;
 
 /// regimage: build a private container registry appliance from one site config.
 ///
 /// `build` turns the site config into a cloud-init user-data file (or a qcow2 image);
 /// `firstboot`, run once on the booted machine by regimage-firstboot.service, makes the
-/// certificates, starts the registry and its TLS proxy and leaves client bundles.
+/// certificates, starts the registry and its TLS proxy and leaves client bundles. On the
+/// running appliance, `renew` (daily, by regimage-renew.timer), `client` and `status` keep
+/// it alive.
 #[derive(Debug, Parser)]
 #[command(
     name = "regimage",
@@ -63,6 +73,12 @@ pub enum Command {
     FetchImage(FetchImageArgs),
     /// Make the machine a ready registry (run by regimage-firstboot.service).
     Firstboot(FirstbootArgs),
+    /// Renew certificates and the CRL before they end (daily, by regimage-renew.timer).
+    Renew(RenewArgs),
+    /// Add, revoke or list the clients allowed to push.
+    Client(ClientArgs),
+    /// Whether the registry is ready, its certificates, CRL and clients (exit 1: needs you).
+    Status(StatusArgs),
 }
 
 /// The site config option shared by every command.
@@ -119,6 +135,9 @@ fn run(command: Command) -> Result<()> {
         Command::Build(args) => args.run(),
         Command::FetchImage(args) => args.run(),
         Command::Firstboot(args) => args.run(),
+        Command::Renew(args) => args.run(),
+        Command::Client(args) => args.run(),
+        Command::Status(args) => args.run(),
     }
 }
 

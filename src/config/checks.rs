@@ -66,7 +66,7 @@ pub(super) fn check_user_name(name: &str) -> Result<(), String> {
     }
 }
 
-pub(super) fn check_client_name(name: &str) -> Result<(), String> {
+pub fn check_client_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())

@@ -13,7 +13,7 @@ mod checks;
 mod image_ref;
 
 use checks::*;
-pub use checks::{check_cidr, check_dns_name};
+pub use checks::{check_cidr, check_client_name, check_dns_name};
 pub use image_ref::{parse_image_ref, ImageRef};
 
 /// The guide's pinned registry image (registry:2, linux/amd64 platform manifest).
@@ -99,6 +99,9 @@ pub struct Pki {
     pub key_algorithm: KeyAlgorithm,
     pub ca_validity_days: u32,
     pub leaf_validity_days: u32,
+    /// `regimage renew` issues a leaf again when it ends within this many days (validated:
+    /// 1 to leaf-validity-days - 1).
+    pub renew_before_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +181,7 @@ impl Default for Pki {
             key_algorithm: KeyAlgorithm::EcdsaP256,
             ca_validity_days: 3650,
             leaf_validity_days: 397,
+            renew_before_days: 30,
         }
     }
 }
@@ -360,6 +364,18 @@ impl Config {
                 format!(
                     "{} is out of range; expected 1 to pki.ca-validity-days ({})",
                     self.pki.leaf_validity_days, self.pki.ca_validity_days
+                ),
+            ));
+        }
+        if self.pki.renew_before_days == 0
+            || self.pki.renew_before_days >= self.pki.leaf_validity_days
+        {
+            return Err(error(
+                "pki.renew-before-days",
+                format!(
+                    "{} is out of range; expected 1 to one less than pki.leaf-validity-days ({}), \
+                     so a certificate is renewed before it ends and not at every run",
+                    self.pki.renew_before_days, self.pki.leaf_validity_days
                 ),
             ));
         }

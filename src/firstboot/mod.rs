@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::error::UsageError;
 use crate::fsutil;
 use crate::identity::{self, HostFacts, Sans};
-use crate::pki::{self, PkiPaths, PkiReport};
+use crate::pki::{self, PkiReport};
 use crate::render;
 use status::{BundleStatus, CertStatus, Endpoints, Status, StepResult, StepStatus};
 use steps::Ctx;
@@ -334,10 +334,17 @@ pub fn run_no_system(root: &Path, config: &Config) -> Result<Outcome> {
         );
     }
     tracing::info!(primary = %sans.primary_name, dns = ?sans.dns_names, ips = ?sans.ip_addresses, "server names");
-    let paths = PkiPaths::new(root);
     // --no-system never changes owners: the proxy's group is set by the full first boot.
-    let pki = pki::ensure_pki(&paths, config, &sans, None)?;
-    let bundles = bundle::write_bundles(root, config, &sans.primary_name, &paths)?;
+    let app = crate::lifecycle::Appliance {
+        root: root.to_path_buf(),
+        config,
+        now: time::OffsetDateTime::now_utc(),
+        proxy: crate::lifecycle::proxy::Proxy::None,
+        proxy_gid: None,
+    };
+    let certified = crate::lifecycle::certify(&app, &sans, Default::default())?;
+    let bundles = crate::lifecycle::write_bundles(&app, &certified.index, &sans.primary_name)?;
+    let pki = certified.pki.report;
     Ok(Outcome {
         host,
         sans,

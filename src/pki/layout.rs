@@ -37,12 +37,16 @@ pub struct PkiPaths {
     pub ca_key: PathBuf,
     /// registry.crt (0644), the server certificate (leaf only).
     pub server_cert: PathBuf,
-    /// private/registry.key (0640 `root:<proxy group>`).
-    pub server_key: PathBuf,
+    /// private/registry.pem (0640 `root:<proxy group>`): the server key followed by its
+    /// certificate. nginx loads both from this one file, replaced by one rename, so it can
+    /// never load a key with another key's certificate.
+    pub server_pem: PathBuf,
     /// clients/ca.crt (0640 `root:<proxy group>`).
     pub client_ca_cert: PathBuf,
     /// private/client-ca.key (0600).
     pub client_ca_key: PathBuf,
+    /// clients/crl.pem (0644): the client CA's revocation list, which the push port checks.
+    pub client_crl: PathBuf,
 }
 
 impl PkiPaths {
@@ -56,9 +60,10 @@ impl PkiPaths {
             ca_cert: ca_dir.join("ca.crt"),
             ca_key: private_dir.join("ca.key"),
             server_cert: dir.join("registry.crt"),
-            server_key: private_dir.join("registry.key"),
+            server_pem: private_dir.join("registry.pem"),
             client_ca_cert: clients_dir.join("ca.crt"),
             client_ca_key: private_dir.join("client-ca.key"),
+            client_crl: clients_dir.join("crl.pem"),
             dir,
             ca_dir,
             private_dir,

@@ -1,7 +1,6 @@
 //! Leaves: the server certificate (with its SANs) and the client certificates, kept while
 //! they are valid for the current CA and made again with a new key otherwise.
 
-use std::fs;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -31,6 +30,18 @@ pub(super) struct LeafSpec<'a> {
     pub(super) usage: ExtendedKeyUsagePurpose,
     /// Server only: the names the certificate must carry.
     pub(super) sans: Option<&'a Sans>,
+    /// `key` holds the key followed by the certificate (what nginx loads, replaced by one
+    /// rename); `cert` is a public copy of that certificate, written after it.
+    pub(super) combined: bool,
+}
+
+/// When a leaf is made again although it is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reissue {
+    /// Only when it is missing, invalid, names too little or expires within the window.
+    WhenDue,
+    /// Always (`regimage renew --force`).
+    Always,
 }
 
 /// Why an existing leaf cannot be kept, or that it can.
@@ -49,18 +60,29 @@ pub(super) fn ensure_leaf(
     algorithm: KeyAlgorithm,
     now: OffsetDateTime,
     reissue_within: Duration,
+    reissue: Reissue,
     report: &mut PkiReport,
 ) -> Result<()> {
-    let (action, reason) = match check_leaf(spec, ca, now, reissue_within)? {
+    let check = match check_leaf(spec, ca, now, reissue_within)? {
+        LeafCheck::Valid if reissue == Reissue::Always => {
+            LeafCheck::Invalid("a new one was asked for (--force)".into())
+        }
+        check => check,
+    };
+    let (action, reason) = match check {
         LeafCheck::Valid => {
             set_mode(spec.key, spec.key_mode, spec.key_group)?;
-            set_mode(spec.cert, CERT_MODE, None)?;
             report.file(spec.key, Action::Kept, None);
-            report.file(spec.cert, Action::Kept, None);
-            let der = pem_to_der(
-                &fs::read_to_string(spec.cert)
-                    .with_context(|| format!("reading {}", spec.cert.display()))?,
-            )?;
+            let cert_pem = read_leaf(spec)?
+                .1
+                .with_context(|| format!("reading {}", spec.cert.display()))?;
+            if spec.combined {
+                keep_copy(spec.cert, &cert_pem, report)?;
+            } else {
+                set_mode(spec.cert, CERT_MODE, None)?;
+                report.file(spec.cert, Action::Kept, None);
+            }
+            let der = pem_to_der(&cert_pem)?;
             return report.cert(spec.role, &spec.cn, spec.cert, &der, Action::Kept);
         }
         LeafCheck::Missing => (Action::Made, None),
@@ -102,12 +124,15 @@ pub(super) fn ensure_leaf(
     let cert = params
         .signed_by(&key, issuer)
         .with_context(|| format!("signing the certificate {}", spec.cert.display()))?;
-    write(
-        spec.key,
-        key.serialize_pem().as_bytes(),
-        spec.key_mode,
-        spec.key_group,
-    )?;
+    let key_pem = key.serialize_pem();
+    if spec.combined {
+        // One rename replaces both halves: nginx can never load this key with another
+        // certificate, whenever the machine stops.
+        let pair = format!("{key_pem}{}", cert.pem());
+        write(spec.key, pair.as_bytes(), spec.key_mode, spec.key_group)?;
+    } else {
+        write(spec.key, key_pem.as_bytes(), spec.key_mode, spec.key_group)?;
+    }
     write(spec.cert, cert.pem().as_bytes(), CERT_MODE, None)?;
     report.file(spec.key, action, reason.clone());
     report.file(spec.cert, action, reason);
@@ -120,12 +145,17 @@ pub(super) fn check_leaf(
     now: OffsetDateTime,
     reissue_within: Duration,
 ) -> Result<LeafCheck> {
-    let Some(cert_pem) = read_optional(spec.cert)? else {
-        return Ok(LeafCheck::Missing);
-    };
     let invalid = |why: String| Ok(LeafCheck::Invalid(why));
-    let Some(key_pem) = read_optional(spec.key)? else {
-        return invalid(format!("its key {} is missing", spec.key.display()));
+    let (key_pem, cert_pem) = match read_leaf(spec)? {
+        (None, None) => return Ok(LeafCheck::Missing),
+        (None, Some(_)) => {
+            return invalid(format!("its key {} is missing", spec.key.display()));
+        }
+        (_, None) if spec.combined => {
+            return invalid(format!("{} holds no certificate", spec.key.display()));
+        }
+        (_, None) => return Ok(LeafCheck::Missing),
+        (Some(key), Some(cert)) => (key, cert),
     };
     let der = match pem_to_der(&cert_pem) {
         Ok(der) => der,
@@ -179,6 +209,38 @@ pub(super) fn check_leaf(
         }
     }
     Ok(LeafCheck::Valid)
+}
+
+/// The key's PEM and the certificate's PEM of a leaf, each `None` when missing. A combined
+/// file holds both (the key first); its certificate is the one that counts, not the copy.
+fn read_leaf(spec: &LeafSpec<'_>) -> Result<(Option<String>, Option<String>)> {
+    if !spec.combined {
+        return Ok((read_optional(spec.key)?, read_optional(spec.cert)?));
+    }
+    let Some(pair) = read_optional(spec.key)? else {
+        return Ok((None, None));
+    };
+    Ok(match pair.find("-----BEGIN CERTIFICATE-----") {
+        Some(at) => (Some(pair[..at].to_string()), Some(pair[at..].to_string())),
+        None => (Some(pair), None),
+    })
+}
+
+/// Makes the public copy `path` hold `cert_pem` (what a stop between the pair's write and the
+/// copy's leaves behind is put right here).
+fn keep_copy(path: &Path, cert_pem: &str, report: &mut PkiReport) -> Result<()> {
+    if read_optional(path)?.as_deref() == Some(cert_pem) {
+        set_mode(path, CERT_MODE, None)?;
+        report.file(path, Action::Kept, None);
+    } else {
+        write(path, cert_pem.as_bytes(), CERT_MODE, None)?;
+        report.file(
+            path,
+            Action::Replaced,
+            Some("a copy of the certificate the proxy serves".into()),
+        );
+    }
+    Ok(())
 }
 
 /// The DNS names (lowercased) and IP addresses in a certificate's SAN extension.

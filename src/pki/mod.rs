@@ -3,14 +3,17 @@
 //!
 //! A CA is never replaced: an existing one is loaded and reused, and a CA certificate without
 //! its key (or the reverse) stops the run before anything is written. A leaf is kept while it
-//! parses, is signed by the current CA, matches its key, does not expire soon and (for the
-//! server) names every wanted SAN; otherwise it is made again with a new key.
+//! parses, is signed by the current CA, matches its key, does not end within
+//! `pki.renew-before-days` and (for the server) names every wanted SAN; otherwise it is made
+//! again with a new key. The server's key and certificate live in one file (registry.pem)
+//! that nginx loads whole; the client CA's CRL sits next to the client certificates.
 //!
 //! Paths, modes and groups are in `layout`, key generation in `keys`, the CAs in `ca`,
-//! leaves in `leaf` and what a run reports in `report`; [`ensure_pki`] here ties them
+//! leaves in `leaf`, the revocation list in `crl` and what a run reports in `report`; [`ensure_pki`] here ties them
 //! together, and the public names are re-exported here (`crate::pki::PkiPaths`, ...).
 
 mod ca;
+mod crl;
 mod keys;
 mod layout;
 mod leaf;
@@ -24,38 +27,89 @@ use crate::config::Config;
 use crate::fsutil;
 use crate::identity::Sans;
 
+pub use crl::{
+    parse_crl, read_crl, CrlInfo, CrlReport, Revoked, CRL_RESIGN_WITHIN_DAYS, CRL_VALIDITY_DAYS,
+};
 pub use keys::generate_key;
 pub use layout::{PkiPaths, CERTS_DIR};
-pub use report::{fingerprint, rfc3339, Action, CertReport, FileReport, PkiReport};
+pub use report::{fingerprint, rfc3339, serial_and_end, Action, CertReport, FileReport, PkiReport};
 
 use ca::{ensure_ca, limited_cn, load_ca, CaSpec};
 use layout::{set_group, CERT_MODE, DIR_MODE, KEY_MODE, PRIVATE_DIR_MODE, PROXY_READABLE_MODE};
-use leaf::{ensure_leaf, LeafSpec};
+use leaf::{ensure_leaf, LeafSpec, Reissue};
 
 /// Certificates are dated a little in the past so a clock slightly behind still accepts them.
 const BACKDATE: Duration = Duration::minutes(5);
 
-/// When first boot runs again, a leaf that expires within this many days is issued again
-/// (shortened to a third of the leaf validity for short validities), and a CA that does is
-/// warned about. Nothing renews certificates after first boot: this acts only on a rerun.
-const REISSUE_ON_RERUN_WITHIN_DAYS: i64 = 30;
+/// A CA this close to its own end is warned about at every run (CA rotation is the
+/// operator's decision; it never happens by itself).
+pub const CA_WARN_WITHIN_DAYS: i64 = 365;
 
-/// Makes or keeps the whole layout under `paths`: both CAs, the server certificate for
-/// `sans`, and one client certificate per configured client. `proxy_gid`: the group that
-/// gets private/, registry.key and clients/ca.crt (`None`: groups are left alone).
+/// What one run of [`ensure`] should leave.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub config: &'a Config,
+    /// The names and addresses the server certificate must carry.
+    pub sans: &'a Sans,
+    /// The clients that should hold a certificate (active ones; revoked ones are left out).
+    pub clients: &'a [String],
+    /// The serials the CRL must list.
+    pub revoked: &'a [Revoked],
+    /// The group that gets private/, registry.pem and clients/ca.crt (`None`: groups are
+    /// left alone).
+    pub proxy_gid: Option<u32>,
+    /// The clock (tests move it).
+    pub now: OffsetDateTime,
+    /// Issue every leaf and the CRL again, valid or not (`regimage renew --force`).
+    pub force: bool,
+}
+
+/// Everything [`ensure`] made or kept.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub report: PkiReport,
+    pub crl: CrlReport,
+    /// One line per CA that ends within [`CA_WARN_WITHIN_DAYS`].
+    pub ca_warnings: Vec<String>,
+}
+
+/// [`ensure`] as first boot's `--no-system` and the tests use it: now, the configured
+/// clients, nothing revoked, nothing forced.
 pub fn ensure_pki(
     paths: &PkiPaths,
     config: &Config,
     sans: &Sans,
     proxy_gid: Option<u32>,
 ) -> Result<PkiReport> {
-    for (i, client) in config.clients.iter().enumerate() {
+    let outcome = ensure(
+        paths,
+        &Request {
+            config,
+            sans,
+            clients: &config.clients,
+            revoked: &[],
+            proxy_gid,
+            now: OffsetDateTime::now_utc(),
+            force: false,
+        },
+    )?;
+    Ok(outcome.report)
+}
+
+/// Makes or keeps the whole layout under `paths`: both CAs, the server certificate for the
+/// request's SANs, one client certificate per wanted client, and the client CA's CRL. A
+/// leaf is issued again within `pki.renew-before-days` of its end, when it no longer names
+/// every wanted SAN, or when forced.
+pub fn ensure(paths: &PkiPaths, req: &Request<'_>) -> Result<Outcome> {
+    let config = req.config;
+    for (i, client) in req.clients.iter().enumerate() {
         // clients/ca.crt and private/client-ca.key belong to the client CA.
         if client == "ca" {
             bail!("clients[{i}]: \"ca\" cannot name a client: its certificate would be clients/ca.crt, the client CA; choose another name");
         }
     }
-    let now = OffsetDateTime::now_utc();
+    let now = req.now;
+    let proxy_gid = req.proxy_gid;
     // Look at both CAs before writing anything, so a broken one leaves every file untouched.
     let server_ca = load_ca(&paths.ca_cert, &paths.ca_key, "server CA", now)?;
     let client_ca = load_ca(
@@ -105,32 +159,42 @@ pub fn ensure_pki(
         now,
         &mut report,
     )?;
-    for ca in [&server_ca, &client_ca] {
-        if ca.not_after - now < Duration::days(REISSUE_ON_RERUN_WITHIN_DAYS) {
-            tracing::warn!(
-                "the CA {} expires on {}; leaves cannot outlive it",
+    let mut ca_warnings = Vec::new();
+    for (label, ca) in [("server CA", &server_ca), ("client CA", &client_ca)] {
+        let left = ca.not_after - now;
+        if left < Duration::days(CA_WARN_WITHIN_DAYS) {
+            let line = format!(
+                "the {label} {} ends on {} ({} days left); no certificate can outlive it, and \
+                 regimage never replaces a CA by itself: plan a new CA and new client bundles",
                 ca.cert_path.display(),
-                rfc3339(ca.not_after)
+                rfc3339(ca.not_after),
+                left.whole_days()
             );
+            tracing::warn!("{line}");
+            ca_warnings.push(line);
         }
     }
 
     let server_issuer = server_ca.issuer()?;
     let client_issuer = client_ca.issuer()?;
-    let reissue_within = Duration::days(
-        REISSUE_ON_RERUN_WITHIN_DAYS.min(i64::from(config.pki.leaf_validity_days) / 3),
-    );
+    let reissue_within = Duration::days(i64::from(config.pki.renew_before_days));
+    let reissue = if req.force {
+        Reissue::Always
+    } else {
+        Reissue::WhenDue
+    };
 
     ensure_leaf(
         &LeafSpec {
             role: "server",
-            cn: sans.primary_name.clone(),
+            cn: req.sans.primary_name.clone(),
             cert: &paths.server_cert,
-            key: &paths.server_key,
+            key: &paths.server_pem,
             key_mode: PROXY_READABLE_MODE,
             key_group: proxy_gid,
             usage: ExtendedKeyUsagePurpose::ServerAuth,
-            sans: Some(sans),
+            sans: Some(req.sans),
+            combined: true,
         },
         &server_ca,
         &server_issuer,
@@ -138,9 +202,10 @@ pub fn ensure_pki(
         algorithm,
         now,
         reissue_within,
+        reissue,
         &mut report,
     )?;
-    for client in &config.clients {
+    for client in req.clients {
         ensure_leaf(
             &LeafSpec {
                 role: "client",
@@ -151,6 +216,7 @@ pub fn ensure_pki(
                 key_group: None,
                 usage: ExtendedKeyUsagePurpose::ClientAuth,
                 sans: None,
+                combined: false,
             },
             &client_ca,
             &client_issuer,
@@ -158,10 +224,17 @@ pub fn ensure_pki(
             algorithm,
             now,
             reissue_within,
+            reissue,
             &mut report,
         )?;
     }
-    Ok(report)
+    let crl = crl::ensure_crl(&paths.client_crl, &client_ca, req.revoked, now, req.force)?;
+    report.file(&paths.client_crl, crl.action, crl.reason.clone());
+    Ok(Outcome {
+        report,
+        crl,
+        ca_warnings,
+    })
 }
 
 #[cfg(test)]

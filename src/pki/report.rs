@@ -140,3 +140,14 @@ pub fn fingerprint(der: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+/// The serial (lowercase hex) and the end (RFC 3339) of the first certificate in `pem`.
+pub fn serial_and_end(pem: &str) -> Result<(String, String)> {
+    let der = pem_to_der(pem)?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("parsing the certificate: {e}"))?;
+    Ok((
+        hex::encode(x509.raw_serial()),
+        rfc3339(x509.validity().not_after.to_datetime()),
+    ))
+}

@@ -113,12 +113,13 @@ fn files_land_where_the_guide_puts_them() {
         "ca/ca.crt",
         "clients/ca.crt",
         "clients/ci.crt",
+        "clients/crl.pem",
         "clients/laptop.crt",
         "private/ca.key",
         "private/client-ca.key",
         "private/client-ci.key",
         "private/client-laptop.key",
-        "private/registry.key",
+        "private/registry.pem",
         "registry.crt",
     ]
     .map(|f| format!("etc/registry/certs/{f}"));
@@ -143,13 +144,14 @@ fn fresh_layout_has_exact_modes_and_verifies_with_openssl() {
         (p.ca_cert.clone(), 0o644),
         (p.ca_key.clone(), 0o600),
         (p.server_cert.clone(), 0o644),
-        (p.server_key.clone(), 0o640),
+        (p.server_pem.clone(), 0o640),
         (p.client_ca_cert.clone(), 0o640),
         (p.client_ca_key.clone(), 0o600),
         (p.client_cert("ci"), 0o644),
         (p.client_key("ci"), 0o600),
         (p.client_cert("laptop"), 0o644),
         (p.client_key("laptop"), 0o600),
+        (p.client_crl.clone(), 0o644),
     ];
     for (f, m) in &files {
         assert_eq!(mode(f), *m, "{}", f.display());
@@ -348,7 +350,8 @@ fn deleting_a_leaf_remakes_only_that_leaf() {
     let dir = tempfile::tempdir().unwrap();
     let (p, _) = make(dir.path(), KeyAlgorithm::EcdsaP256);
     let before = snapshot(&p.dir);
-    fs::remove_file(&p.server_cert).unwrap();
+    // registry.pem is the server's pair (registry.crt only a copy of its certificate).
+    fs::remove_file(&p.server_pem).unwrap();
     fs::remove_file(p.client_key("laptop")).unwrap();
     let (_, report) = make(dir.path(), KeyAlgorithm::EcdsaP256);
     let after = snapshot(&p.dir);
@@ -359,7 +362,7 @@ fn deleting_a_leaf_remakes_only_that_leaf() {
         .collect();
     let want = [
         p.server_cert.clone(),
-        p.server_key.clone(),
+        p.server_pem.clone(),
         p.client_cert("laptop"),
         p.client_key("laptop"),
     ];
@@ -619,7 +622,7 @@ fn proxy_group_is_given_to_what_nginx_reads() {
     let gid = 54321;
     ensure_pki(&p, &config(KeyAlgorithm::EcdsaP256), &sans(), Some(gid)).unwrap();
     let group = |path: &Path| fs::metadata(path).unwrap().gid();
-    for path in [&p.private_dir, &p.server_key, &p.client_ca_cert] {
+    for path in [&p.private_dir, &p.server_pem, &p.client_ca_cert] {
         assert_eq!(group(path), gid, "{}", path.display());
     }
     for path in [
@@ -631,7 +634,7 @@ fn proxy_group_is_given_to_what_nginx_reads() {
     ] {
         assert_ne!(group(path), gid, "{}", path.display());
     }
-    assert_eq!(mode(&p.server_key), 0o640);
+    assert_eq!(mode(&p.server_pem), 0o640);
 }
 
 #[test]
@@ -650,7 +653,7 @@ fn each_key_algorithm_makes_its_key_type() {
         ensure_pki(&p, &cfg, &sans(), None).unwrap();
         for key in [
             &p.ca_key,
-            &p.server_key,
+            &p.server_pem,
             &p.client_ca_key,
             &p.client_key("ci"),
         ] {

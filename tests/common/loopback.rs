@@ -62,7 +62,7 @@ impl Loopback {
 
     /// nginx's resident memory now, master and workers together (VmRSS, KiB).
     pub fn nginx_rss_kib(&self) -> u64 {
-        let pid_file = self.work.join("run/registry-proxy/nginx.pid");
+        let pid_file = self.root.join("run/registry-proxy/nginx.pid");
         let master: u32 = std::fs::read_to_string(&pid_file)
             .unwrap_or_else(|e| panic!("reading {}: {e}", pid_file.display()))
             .trim()
@@ -210,9 +210,9 @@ pub fn start_site(opts: &SiteOptions<'_>) -> Site {
 }
 
 /// nginx running `conf_text` (an nginx.conf as `regimage render` writes it) with the files
-/// under `root`; only the absolute path prefixes move into `work`, its run and log
-/// directories named `name` (the access log is `log/NAME/access.log`, errors go to
-/// `NAME.out`). Returns once it listens on every port in `ports`.
+/// under `root`; only the absolute path prefixes move: the run directory to `root/run/NAME`
+/// (nginx.pid, where `regimage renew --root` finds it), the logs into `work` (the access log
+/// is `log/NAME/access.log`, errors go to `NAME.out`). Returns once it listens on every port in `ports`.
 pub fn start_nginx(
     conf_text: &str,
     root: &Path,
@@ -232,7 +232,8 @@ pub fn start_nginx_in(
     ports: &[u16],
     netns: Option<&Netns>,
 ) -> Background {
-    let run_dir = work.join("run").join(name);
+    // Under root, where `regimage renew --root ROOT` looks for nginx's PID file.
+    let run_dir = root.join("run").join(name);
     let log_dir = work.join("log").join(name);
     std::fs::create_dir_all(&run_dir).expect("creating run dir");
     std::fs::create_dir_all(&log_dir).expect("creating log dir");

@@ -7,7 +7,8 @@ use anyhow::{bail, Result};
 
 use super::Ctx;
 use crate::identity::{self, HostFacts};
-use crate::pki::{self, Action, PkiPaths};
+use crate::lifecycle;
+use crate::pki::{Action, PkiPaths};
 use crate::render::INSTALLED_CONFIG_PATH;
 
 /// How often the wait for an address and a name looks again (each look may ask the
@@ -106,7 +107,8 @@ pub fn pki(ctx: &mut Ctx<'_>) -> Result<()> {
             paths.client_ca_cert.clone(),
             paths.client_ca_key.clone(),
             paths.server_cert.clone(),
-            paths.server_key.clone(),
+            paths.server_pem.clone(),
+            paths.client_crl.clone(),
         ];
         for client in &ctx.config.clients {
             files.push(paths.client_cert(client));
@@ -124,7 +126,21 @@ pub fn pki(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     let sans = ctx.sans()?.clone();
     // Groups are set by the users step (through System), so the owner seam stays in one place.
-    let report = pki::ensure_pki(&paths, ctx.config, &sans, None)?;
+    // The proxy is not up yet: nothing to reload.
+    let app = lifecycle::Appliance {
+        root: ctx.root.to_path_buf(),
+        config: ctx.config,
+        now: time::OffsetDateTime::now_utc(),
+        proxy: lifecycle::proxy::Proxy::None,
+        proxy_gid: None,
+    };
+    let certified = lifecycle::certify(&app, &sans, lifecycle::CertifyOptions::default())?;
+    for name in &certified.skipped_revoked {
+        ctx.note(format!(
+            "client {name} is revoked: not issued again (regimage client add {name} --reissue-revoked does it on purpose)"
+        ));
+    }
+    let report = certified.pki.report;
     for file in &report.files {
         if file.action != Action::Kept {
             let reason = file

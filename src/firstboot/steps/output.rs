@@ -4,6 +4,7 @@ use anyhow::Result;
 
 use super::Ctx;
 use crate::bundle;
+use crate::lifecycle;
 use crate::pki::{Action, PkiPaths};
 use crate::render;
 
@@ -39,7 +40,8 @@ pub fn output(ctx: &mut Ctx<'_>) -> Result<()> {
         return Ok(());
     }
     let paths = PkiPaths::new(ctx.root);
-    let bundles = bundle::write_bundles(ctx.root, ctx.config, &host, &paths)?;
+    let index = lifecycle::index::Index::load(&ctx.path(lifecycle::CLIENT_INDEX_PATH))?;
+    let bundles = bundle::write_bundles(ctx.root, ctx.config, &host, &paths, &index.active())?;
     for b in &bundles {
         if b.action != Action::Kept {
             ctx.changes

@@ -87,13 +87,13 @@ fn ensure_service_dirs(ctx: &mut Ctx<'_>, service: &UserInfo) -> Result<()> {
     ensure_dir_owned(ctx, &storage, STORAGE_DIR_MODE, service.uid, service.gid)
 }
 
-/// private/, registry.key and clients/ca.crt go to the proxy's group (modes kept), so nginx
+/// private/, registry.pem and clients/ca.crt go to the proxy's group (modes kept), so nginx
 /// reads them; pki leaves groups alone so the owner seam stays in [`System`].
 ///
 /// [`System`]: crate::firstboot::system::System
 fn give_keys_to_proxy_group(ctx: &mut Ctx<'_>, gid: u32) -> Result<()> {
     let paths = PkiPaths::new(Path::new("/"));
-    for path in [&paths.private_dir, &paths.server_key, &paths.client_ca_cert] {
+    for path in [&paths.private_dir, &paths.server_pem, &paths.client_ca_cert] {
         let target = path.to_string_lossy().into_owned();
         if ctx.path(&target).exists() {
             let mode = mode_of(&ctx.path(&target))?;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests may panic; see STYLE.md
 
 use super::*;
+use crate::pki::PkiPaths;
 
 #[test]
 fn kill_after_any_step_then_rerun_ends_like_a_clean_run() {

@@ -189,6 +189,8 @@ fn is_random(rel: &str) -> bool {
         || rel.ends_with(".tar.gz")
         || rel == "etc/registry/registry.env"
         || rel.ends_with("status.json")
+        // Serials of the certificates.
+        || rel == "var/lib/regimage/clients.json"
 }
 
 fn snapshot(m: &Machine, mask_random: bool) -> Snapshot {
@@ -333,7 +335,7 @@ fn clean_run_makes_a_ready_machine() {
     );
     for rel in [
         "etc/registry/certs/private",
-        "etc/registry/certs/private/registry.key",
+        "etc/registry/certs/private/registry.pem",
         "etc/registry/certs/clients/ca.crt",
     ] {
         assert_eq!(owner(rel), Some((0, proxy.gid)), "{rel}");

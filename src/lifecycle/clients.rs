@@ -1,0 +1,160 @@
+//! `regimage client add|revoke|list`: clients on the running appliance, without touching the
+//! site config or rerunning first boot.
+//!
+//! A revoke is recorded in the client index first (the commit point), then the CRL lists
+//! every unexpired certificate of that client, the proxy is reloaded, and only then are its
+//! bundle, key and certificate removed: a run stopped anywhere is finished by the next
+//! command ([`super::certify`] converges from the index).
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+
+use super::index::{Origin, State};
+use super::renew::current_sans;
+use super::status::{client_entries, render_clients, sans_of_server_cert, ClientEntry};
+use super::{
+    begin_proxy_change, bundle_path, certify, describe_reload, finish_proxy_change,
+    proxy_files_changed, write_bundles, Appliance, CertifyOptions,
+};
+use crate::config::check_client_name;
+use crate::error::UsageError;
+use crate::identity::Sans;
+
+/// A name as a client: the config's rules, and not the CA's file name.
+fn check_name(name: &str) -> Result<(), UsageError> {
+    check_client_name(name).map_err(UsageError)?;
+    if name == "ca" {
+        return Err(UsageError(
+            "\"ca\" cannot name a client: its certificate would be clients/ca.crt, the client CA; choose another name".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The server's SANs for a run: this machine's now, or the certificate's own when the
+/// network is not up.
+fn sans(app: &Appliance<'_>) -> Result<Sans> {
+    match current_sans(app)? {
+        Some(sans) => Ok(sans),
+        None => sans_of_server_cert(app),
+    }
+}
+
+/// Issues a certificate to a new client and writes its bundle.
+pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<String> {
+    check_name(name)?;
+    let _lock = app.lock()?;
+    app.require_certificates()?;
+    let mut index = app.load_index()?;
+    match index.get(name).map(|c| (c.state, c.revoked_at.clone())) {
+        Some((State::Active, _)) => {
+            return Err(UsageError(format!(
+                "client {name} exists and is active; its bundle is {}. To give it a new \
+                 certificate, `regimage renew --force` renews every client, or revoke it \
+                 (`regimage client revoke {name}`) and add it again with --reissue-revoked",
+                bundle_path(app, name).display()
+            ))
+            .into())
+        }
+        Some((State::Revoked, at)) if !reissue_revoked => {
+            return Err(UsageError(format!(
+                "client {name} was revoked ({}); a revoked name is not issued again by \
+                 accident. To issue it a new certificate on purpose: regimage client add \
+                 {name} --reissue-revoked (its old certificates stay revoked)",
+                at.as_deref().unwrap_or("date unknown")
+            ))
+            .into())
+        }
+        _ => {}
+    }
+    index.activate(name, Origin::Added);
+    app.save_index(&index)?;
+    let sans = sans(app)?;
+    let owed = begin_proxy_change(app)?;
+    let certified = certify(app, &sans, CertifyOptions::default())?;
+    let bundles = write_bundles(app, &certified.index, &sans.primary_name)?;
+    let changed = owed || proxy_files_changed(app, &certified);
+    let reloaded = finish_proxy_change(app, changed)?;
+    let cert = certified
+        .pki
+        .report
+        .certificate("client", Some(name))
+        .map(|c| (c.serial.clone(), c.not_after.clone()))
+        .unwrap_or_default();
+    let bundle = bundles
+        .iter()
+        .find(|b| b.client == name)
+        .map(|b| b.path.display().to_string())
+        .unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "client {name}: added (serial {}, ends {})",
+        cert.0, cert.1
+    );
+    let _ = writeln!(out, "bundle: {bundle} (copy it off as its README.md says)");
+    if changed {
+        let _ = writeln!(out, "{}", describe_reload(&reloaded));
+    }
+    Ok(out)
+}
+
+/// Revokes a client: the proxy refuses its certificates once this returns.
+pub fn revoke(app: &Appliance<'_>, name: &str) -> Result<String> {
+    check_name(name)?;
+    let _lock = app.lock()?;
+    app.require_certificates()?;
+    let mut index = app.load_index()?;
+    match index.get(name).map(|c| (c.state, c.revoked_at.clone())) {
+        None => {
+            return Err(UsageError(format!(
+                "no client named {name}; `regimage client list` shows the clients"
+            ))
+            .into())
+        }
+        Some((State::Revoked, at)) => {
+            return Err(UsageError(format!(
+                "client {name} is already revoked ({})",
+                at.as_deref().unwrap_or("date unknown")
+            ))
+            .into())
+        }
+        Some((State::Active, _)) => {}
+    }
+    // The certificate on disk may be one a stopped run did not record yet.
+    if let Ok(pem) = std::fs::read_to_string(app.pki_paths().client_cert(name)) {
+        if let Ok((serial, end)) = crate::pki::serial_and_end(&pem) {
+            index.record(name, &serial, &end);
+        }
+    }
+    let serials = index.revoke(name, app.now);
+    app.save_index(&index)?;
+    let sans = sans(app)?;
+    let owed = begin_proxy_change(app)?;
+    let certified = certify(app, &sans, CertifyOptions::default())?;
+    let changed = owed || proxy_files_changed(app, &certified);
+    let reloaded = finish_proxy_change(app, changed)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "client {name}: revoked (serials {}); the CRL lists {} certificate(s), next update {}",
+        serials.join(", "),
+        certified.pki.crl.revoked,
+        crate::pki::rfc3339(certified.pki.crl.next_update)
+    );
+    let _ = writeln!(out, "removed {}", bundle_path(app, name).display());
+    let _ = writeln!(out, "{}", describe_reload(&reloaded));
+    Ok(out)
+}
+
+/// Every client the appliance knows.
+pub fn list(app: &Appliance<'_>) -> Result<Vec<ClientEntry>> {
+    let index = app.load_index()?;
+    Ok(client_entries(app, &index))
+}
+
+/// `client list` for people.
+pub fn render_list(clients: &[ClientEntry]) -> String {
+    render_clients(clients)
+}
