@@ -1185,6 +1185,11 @@ fn check_day2(
         Some(0),
         "status --json: {status:#}"
     );
+    assert_eq!(
+        status["proxy"]["main_pid"],
+        serde_json::json!(pid),
+        "status --json's proxy: {status:#}"
+    );
     let ca = fingerprints(vm)["/etc/registry/certs/ca/ca.crt"].to_uppercase();
     assert_eq!(
         status["server_ca_sha256"].as_str().map(str::to_uppercase),
