@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 /// mode, the data and an fsync, then is renamed over `path`; the directory is synced after.
 /// A crash leaves either the old file or the new one, never a half-written one.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    crash_point(path)?;
     let dir = parent_of(path)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".regimage-tmp-")
@@ -43,6 +44,7 @@ pub fn write_atomic_owned(
     let Some(owner) = owner else {
         return write_atomic(path, contents, mode);
     };
+    crash_point(path)?;
     let dir = parent_of(path)?;
     let tmp = tempfile::Builder::new()
         .prefix(".regimage-tmp-")
@@ -67,6 +69,61 @@ pub fn write_atomic_owned(
         .map_err(|e| e.error)
         .with_context(|| format!("renaming into place {}", path.display()))?;
     sync_dir(dir)
+}
+
+/// Removes `path`; a file that is already gone is fine. Returns whether it existed.
+pub fn remove_file_if_exists(path: &Path) -> Result<bool> {
+    crash_point(path)?;
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Unit tests stop a run before its Nth change to the filesystem, as a power cut would
+/// ([`crash_points`]); elsewhere this does nothing.
+fn crash_point(path: &Path) -> Result<()> {
+    #[cfg(test)]
+    crash_points::check(path)?;
+    let _ = path;
+    Ok(())
+}
+
+/// Unit tests: count the changes a run makes to the filesystem (writes and removals through
+/// this module), or stop it with an error before one of them. Per thread.
+#[cfg(test)]
+pub mod crash_points {
+    use std::cell::Cell;
+    use std::path::Path;
+
+    thread_local! {
+        static SEEN: Cell<usize> = const { Cell::new(0) };
+        static CRASH_AT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Starts counting from zero; with `crash_at` = Some(k), the change numbered k (from 1)
+    /// fails.
+    pub fn arm(crash_at: Option<usize>) {
+        SEEN.with(|s| s.set(0));
+        CRASH_AT.with(|c| c.set(crash_at));
+    }
+
+    /// The changes seen since [`arm`].
+    pub fn seen() -> usize {
+        SEEN.with(Cell::get)
+    }
+
+    pub(super) fn check(path: &Path) -> anyhow::Result<()> {
+        let n = SEEN.with(|s| {
+            s.set(s.get() + 1);
+            s.get()
+        });
+        if CRASH_AT.with(Cell::get) == Some(n) {
+            anyhow::bail!("injected crash before change {n} ({})", path.display());
+        }
+        Ok(())
+    }
 }
 
 /// Numeric owner and group for files that must not stay root's.

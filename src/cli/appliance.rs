@@ -110,6 +110,7 @@ impl ApplianceSpec {
             now: self.now,
             proxy: self.proxy.clone(),
             proxy_gid,
+            sans: None,
         })
     }
 

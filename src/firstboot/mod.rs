@@ -341,6 +341,7 @@ pub fn run_no_system(root: &Path, config: &Config) -> Result<Outcome> {
         now: time::OffsetDateTime::now_utc(),
         proxy: crate::lifecycle::proxy::Proxy::None,
         proxy_gid: None,
+        sans: Some(sans.clone()),
     };
     let certified = crate::lifecycle::certify(&app, &sans, Default::default())?;
     let bundles = crate::lifecycle::write_bundles(&app, &certified.index, &sans.primary_name)?;

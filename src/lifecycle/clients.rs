@@ -13,10 +13,7 @@ use anyhow::Result;
 use super::index::{Origin, State};
 use super::renew::current_sans;
 use super::status::{client_entries, render_clients, sans_of_server_cert, ClientEntry};
-use super::{
-    begin_proxy_change, bundle_path, certify, describe_reload, finish_proxy_change,
-    proxy_files_changed, write_bundles, Appliance, CertifyOptions,
-};
+use super::{apply, bundle_path, describe_reload, Appliance, CertifyOptions};
 use crate::config::check_client_name;
 use crate::error::UsageError;
 use crate::identity::Sans;
@@ -49,13 +46,21 @@ pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<Str
     let mut index = app.load_index()?;
     match index.get(name).map(|c| (c.state, c.revoked_at.clone())) {
         Some((State::Active, _)) => {
+            // An add stopped after it was recorded: finish it rather than refuse.
+            let applied = apply(app, &sans(app)?, CertifyOptions::default())?;
+            if applied.changed_anything() {
+                return Ok(format!(
+                    "client {name}: finished the add an earlier run left unfinished\nbundle: {} (copy it off as its README.md says)\n",
+                    bundle_path(app, name).display()
+                ));
+            }
             return Err(UsageError(format!(
                 "client {name} exists and is active; its bundle is {}. To give it a new \
                  certificate, `regimage renew --force` renews every client, or revoke it \
                  (`regimage client revoke {name}`) and add it again with --reissue-revoked",
                 bundle_path(app, name).display()
             ))
-            .into())
+            .into());
         }
         Some((State::Revoked, at)) if !reissue_revoked => {
             return Err(UsageError(format!(
@@ -71,18 +76,16 @@ pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<Str
     index.activate(name, Origin::Added);
     app.save_index(&index)?;
     let sans = sans(app)?;
-    let owed = begin_proxy_change(app)?;
-    let certified = certify(app, &sans, CertifyOptions::default())?;
-    let bundles = write_bundles(app, &certified.index, &sans.primary_name)?;
-    let changed = owed || proxy_files_changed(app, &certified);
-    let reloaded = finish_proxy_change(app, changed)?;
-    let cert = certified
+    let applied = apply(app, &sans, CertifyOptions::default())?;
+    let cert = applied
+        .certified
         .pki
         .report
         .certificate("client", Some(name))
         .map(|c| (c.serial.clone(), c.not_after.clone()))
         .unwrap_or_default();
-    let bundle = bundles
+    let bundle = applied
+        .bundles
         .iter()
         .find(|b| b.client == name)
         .map(|b| b.path.display().to_string())
@@ -94,8 +97,8 @@ pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<Str
         cert.0, cert.1
     );
     let _ = writeln!(out, "bundle: {bundle} (copy it off as its README.md says)");
-    if changed {
-        let _ = writeln!(out, "{}", describe_reload(&reloaded));
+    if applied.reloaded.is_some() {
+        let _ = writeln!(out, "{}", describe_reload(&applied.reloaded));
     }
     Ok(out)
 }
@@ -114,11 +117,20 @@ pub fn revoke(app: &Appliance<'_>, name: &str) -> Result<String> {
             .into())
         }
         Some((State::Revoked, at)) => {
+            // A revoke stopped after it was recorded: finish it rather than refuse.
+            let applied = apply(app, &sans(app)?, CertifyOptions::default())?;
+            if applied.changed_anything() {
+                return Ok(format!(
+                    "client {name}: finished the revoke an earlier run left unfinished ({})\n{}\n",
+                    at.as_deref().unwrap_or("date unknown"),
+                    describe_reload(&applied.reloaded)
+                ));
+            }
             return Err(UsageError(format!(
                 "client {name} is already revoked ({})",
                 at.as_deref().unwrap_or("date unknown")
             ))
-            .into())
+            .into());
         }
         Some((State::Active, _)) => {}
     }
@@ -131,10 +143,8 @@ pub fn revoke(app: &Appliance<'_>, name: &str) -> Result<String> {
     let serials = index.revoke(name, app.now);
     app.save_index(&index)?;
     let sans = sans(app)?;
-    let owed = begin_proxy_change(app)?;
-    let certified = certify(app, &sans, CertifyOptions::default())?;
-    let changed = owed || proxy_files_changed(app, &certified);
-    let reloaded = finish_proxy_change(app, changed)?;
+    let applied = apply(app, &sans, CertifyOptions::default())?;
+    let certified = &applied.certified;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -144,7 +154,7 @@ pub fn revoke(app: &Appliance<'_>, name: &str) -> Result<String> {
         crate::pki::rfc3339(certified.pki.crl.next_update)
     );
     let _ = writeln!(out, "removed {}", bundle_path(app, name).display());
-    let _ = writeln!(out, "{}", describe_reload(&reloaded));
+    let _ = writeln!(out, "{}", describe_reload(&applied.reloaded));
     Ok(out)
 }
 

@@ -49,6 +49,9 @@ pub struct Appliance<'a> {
     pub proxy: Proxy,
     /// The proxy's group, which must be able to read registry.pem (`None` under a test root).
     pub proxy_gid: Option<u32>,
+    /// The names and addresses the server certificate must carry; `None`: this machine's
+    /// (unit tests fix them).
+    pub sans: Option<Sans>,
 }
 
 impl Appliance<'_> {
@@ -200,7 +203,6 @@ pub fn certify(app: &Appliance<'_>, sans: &Sans, opts: CertifyOptions) -> Result
         index.record(&cert.name, &cert.serial, &cert.not_after);
     }
     app.save_index(&index)?;
-    remove_revoked_files(app, &index)?;
     Ok(Certified {
         pki: outcome,
         index,
@@ -220,23 +222,24 @@ fn record_current(index: &mut Index, paths: &PkiPaths, name: &str) {
     }
 }
 
-/// Removes what a revoked client left: its key, its certificate and its bundle.
-fn remove_revoked_files(app: &Appliance<'_>, index: &Index) -> Result<()> {
+/// Removes what a revoked client left: its key, its certificate and its bundle. Returns the
+/// paths removed.
+fn remove_revoked_files(app: &Appliance<'_>, index: &Index) -> Result<Vec<PathBuf>> {
     let paths = app.pki_paths();
+    let mut removed = Vec::new();
     for name in index.revoked_names() {
         for path in [
             paths.client_key(&name),
             paths.client_cert(&name),
             bundle_path(app, &name),
         ] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => tracing::info!("removed {} (client {name} is revoked)", path.display()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+            if fsutil::remove_file_if_exists(&path)? {
+                tracing::info!("removed {} (client {name} is revoked)", path.display());
+                removed.push(path);
             }
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// `<output-dir>/NAME.tar.gz` under the root.
@@ -255,8 +258,53 @@ pub fn write_bundles(app: &Appliance<'_>, index: &Index, host: &str) -> Result<V
     )
 }
 
+/// What [`apply`] did.
+pub struct Applied {
+    pub certified: Certified,
+    pub bundles: Vec<BundleReport>,
+    /// Files of revoked clients removed.
+    pub removed: Vec<PathBuf>,
+    /// `None` when nothing the proxy serves changed.
+    pub reloaded: Option<Reloaded>,
+}
+
+impl Applied {
+    /// Whether the run changed anything at all.
+    pub fn changed_anything(&self) -> bool {
+        self.reloaded.is_some()
+            || !self.removed.is_empty()
+            || self
+                .certified
+                .pki
+                .report
+                .files
+                .iter()
+                .any(|f| f.action != pki::Action::Kept)
+            || self.bundles.iter().any(|b| b.action != pki::Action::Kept)
+    }
+}
+
+/// The whole convergence every changing command ends in: [`certify`], the bundles of the
+/// active clients, a proxy reload when (and only when) something it serves changed, and
+/// only then the removal of revoked clients' files. The reload is owed (a marker file)
+/// before the first certificate can change, so a run stopped before it reloads at the next.
+pub fn apply(app: &Appliance<'_>, sans: &Sans, opts: CertifyOptions) -> Result<Applied> {
+    let owed = begin_proxy_change(app)?;
+    let certified = certify(app, sans, opts)?;
+    let bundles = write_bundles(app, &certified.index, &sans.primary_name)?;
+    let changed = owed || proxy_files_changed(app, &certified);
+    let reloaded = finish_proxy_change(app, changed)?;
+    let removed = remove_revoked_files(app, &certified.index)?;
+    Ok(Applied {
+        certified,
+        bundles,
+        removed,
+        reloaded,
+    })
+}
+
 /// Whether `certified` changed a file the proxy serves or trusts.
-pub fn proxy_files_changed(app: &Appliance<'_>, certified: &Certified) -> bool {
+fn proxy_files_changed(app: &Appliance<'_>, certified: &Certified) -> bool {
     let paths = app.pki_paths();
     let served = [&paths.server_pem, &paths.client_ca_cert, &paths.client_crl];
     certified
@@ -269,7 +317,7 @@ pub fn proxy_files_changed(app: &Appliance<'_>, certified: &Certified) -> bool {
 
 /// Marks a reload as owed before files the proxy serves may change; see [`RELOAD_PENDING_PATH`].
 /// Returns whether one was already owed.
-pub fn begin_proxy_change(app: &Appliance<'_>) -> Result<bool> {
+fn begin_proxy_change(app: &Appliance<'_>) -> Result<bool> {
     let path = app.path(RELOAD_PENDING_PATH);
     let owed = path.exists();
     if !owed {
@@ -280,18 +328,13 @@ pub fn begin_proxy_change(app: &Appliance<'_>) -> Result<bool> {
 }
 
 /// Reloads the proxy when `changed`, then clears the owed reload.
-pub fn finish_proxy_change(app: &Appliance<'_>, changed: bool) -> Result<Option<Reloaded>> {
+fn finish_proxy_change(app: &Appliance<'_>, changed: bool) -> Result<Option<Reloaded>> {
     let reloaded = if changed {
         Some(app.proxy.reload()?)
     } else {
         None
     };
-    let path = app.path(RELOAD_PENDING_PATH);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
-    }
+    fsutil::remove_file_if_exists(&app.path(RELOAD_PENDING_PATH))?;
     Ok(reloaded)
 }
 
@@ -316,3 +359,6 @@ pub fn describe_reload(reloaded: &Option<Reloaded>) -> String {
         Some(Reloaded::NoProxy) => "proxy: not reloaded (no proxy to reach)".into(),
     }
 }
+
+#[cfg(test)]
+mod tests;

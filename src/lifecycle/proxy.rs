@@ -24,6 +24,19 @@ pub enum Proxy {
     Command { command: String, pid_file: PathBuf },
     /// Tests without a proxy: nothing is reloaded.
     None,
+    /// Unit tests: a proxy that notes, at each reload, the bytes of the files it serves.
+    #[cfg(test)]
+    Recording(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>, PathBuf),
+}
+
+/// Unit tests: the files the proxy serves under `root`, as one byte string.
+#[cfg(test)]
+pub fn served_bytes(root: &std::path::Path) -> Vec<u8> {
+    let paths = crate::pki::PkiPaths::new(root);
+    [paths.server_pem, paths.client_ca_cert, paths.client_crl]
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap_or_default())
+        .collect()
 }
 
 /// What a reload did.
@@ -56,6 +69,8 @@ impl Proxy {
                 .and_then(|t| t.trim().parse().ok())
                 .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())),
             Proxy::None => Ok(None),
+            #[cfg(test)]
+            Proxy::Recording(..) => Ok(Some(1)),
         }
     }
 
@@ -63,6 +78,16 @@ impl Proxy {
     pub fn reload(&self) -> Result<Reloaded> {
         if matches!(self, Proxy::None) {
             return Ok(Reloaded::NoProxy);
+        }
+        #[cfg(test)]
+        if let Proxy::Recording(log, root) = self {
+            if let Ok(mut log) = log.lock() {
+                log.push(served_bytes(root));
+            }
+            return Ok(Reloaded::Done {
+                main_pid: 1,
+                took: Duration::ZERO,
+            });
         }
         let Some(main_pid) = self.main_pid()? else {
             if let Proxy::Command { command, .. } = self {
@@ -87,7 +112,7 @@ impl Proxy {
                 .arg(command)
                 .run()
                 .context("reloading the TLS proxy")?,
-            Proxy::None => {}
+            _ => {}
         }
         loop {
             if new_files_taken(main_pid, &old) {

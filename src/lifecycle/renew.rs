@@ -9,10 +9,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    begin_proxy_change, certify, describe_reload, finish_proxy_change, proxy_files_changed,
-    write_bundles, Appliance, CertifyOptions, RENEW_RECORD_PATH,
-};
+use super::{apply, describe_reload, Appliance, Applied, CertifyOptions, RENEW_RECORD_PATH};
 use crate::fsutil;
 use crate::identity::{self, HostFacts, Sans};
 use crate::pki::{self, rfc3339, Action};
@@ -40,6 +37,9 @@ pub struct RenewRecord {
 /// no usable address or name yet (a boot before DHCP), the certificate's own names stand:
 /// a renew must never shrink it to what a half-up network shows.
 pub fn current_sans(app: &Appliance<'_>) -> Result<Option<Sans>> {
+    if let Some(sans) = &app.sans {
+        return Ok(Some(sans.clone()));
+    }
     let facts = HostFacts::gather();
     if identity::missing_for_clients(app.config, &facts).is_some() {
         return Ok(None);
@@ -96,8 +96,7 @@ fn renew(
         Some(sans) => sans,
         None => super::status::sans_of_server_cert(app)?,
     };
-    let owed = begin_proxy_change(app)?;
-    let certified = certify(
+    let applied = apply(
         app,
         &sans,
         CertifyOptions {
@@ -105,9 +104,12 @@ fn renew(
             revoke_dropped: true,
         },
     )?;
-    let bundles = write_bundles(app, &certified.index, &sans.primary_name)?;
-    let changed = owed || proxy_files_changed(app, &certified);
-    let reloaded = finish_proxy_change(app, changed)?;
+    let Applied {
+        certified,
+        bundles,
+        reloaded,
+        ..
+    } = &applied;
 
     let mut out = String::new();
     let mut changes = Vec::new();
@@ -115,6 +117,8 @@ fn renew(
         let what = match cert.role {
             "server" => "server certificate".to_string(),
             "client" => format!("client {}", cert.name),
+            "server-ca" => "server CA".to_string(),
+            "client-ca" => "client CA".to_string(),
             other => other.to_string(),
         };
         let reason = certified
@@ -183,7 +187,7 @@ fn renew(
     for warning in &certified.pki.ca_warnings {
         let _ = writeln!(out, "warning: {warning}");
     }
-    let _ = writeln!(out, "{}", describe_reload(&reloaded));
+    let _ = writeln!(out, "{}", describe_reload(reloaded));
     Ok((out, changes))
 }
 

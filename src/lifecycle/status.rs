@@ -214,6 +214,9 @@ pub fn gather(app: &Appliance<'_>) -> Result<Status> {
         });
     }
 
+    if let Err(e) = pki::check_server_pair(&paths) {
+        problems.push(format!("the proxy cannot load its server pair: {e:#}"));
+    }
     let crl = match pki::read_crl(&paths.client_crl, &paths.client_ca_cert) {
         Ok(info) => {
             match info.next_update {

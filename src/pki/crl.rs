@@ -7,9 +7,7 @@
 //! client CA's. The CRL number is the signing time in seconds: it only grows, without state.
 
 use anyhow::{Context, Result};
-use rcgen::{
-    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
-};
+use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::ParsedExtension;
 
@@ -136,7 +134,8 @@ fn sign_crl(client_ca: &LoadedCa, revoked: &[Revoked], now: OffsetDateTime) -> R
             Ok(RevokedCertParams {
                 serial_number: SerialNumber::from(bytes),
                 revocation_time: r.revoked_at,
-                reason_code: Some(RevocationReason::CessationOfOperation),
+                // No reason code: it would say little, and costs bytes per entry.
+                reason_code: None,
                 invalidity_date: None,
             })
         })

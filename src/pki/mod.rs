@@ -237,5 +237,42 @@ pub fn ensure(paths: &PkiPaths, req: &Request<'_>) -> Result<Outcome> {
     })
 }
 
+/// Whether nginx can load the server pair: registry.pem holds a key and, after it, the
+/// certificate of that key, signed by the server CA.
+pub fn check_server_pair(paths: &PkiPaths) -> Result<()> {
+    let pair = std::fs::read_to_string(&paths.server_pem)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", paths.server_pem.display()))?;
+    let at = pair
+        .find("-----BEGIN CERTIFICATE-----")
+        .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", paths.server_pem.display()))?;
+    let key = rcgen::KeyPair::from_pem(&pair[..at]).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: the key does not parse ({e})",
+            paths.server_pem.display()
+        )
+    })?;
+    let der = report::pem_to_der(&pair[at..])?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", paths.server_pem.display()))?;
+    if !keys::key_matches(&key, &cert) {
+        bail!(
+            "{}: the key and the certificate do not belong together",
+            paths.server_pem.display()
+        );
+    }
+    let ca_pem = std::fs::read_to_string(&paths.ca_cert)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", paths.ca_cert.display()))?;
+    let ca_der = report::pem_to_der(&ca_pem)?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", paths.ca_cert.display()))?;
+    if cert.verify_signature(Some(ca.public_key())).is_err() {
+        bail!(
+            "{}: the certificate is not signed by the server CA",
+            paths.server_pem.display()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -133,6 +133,7 @@ pub fn pki(ctx: &mut Ctx<'_>) -> Result<()> {
         now: time::OffsetDateTime::now_utc(),
         proxy: lifecycle::proxy::Proxy::None,
         proxy_gid: None,
+        sans: Some(sans.clone()),
     };
     let certified = lifecycle::certify(&app, &sans, lifecycle::CertifyOptions::default())?;
     for name in &certified.skipped_revoked {
