@@ -27,6 +27,8 @@ const FILES: &[&str] = &[
     "etc/regimage/regimage.yaml",
     "etc/registry/nginx.conf",
     "etc/systemd/system/regimage-firstboot.service",
+    "etc/systemd/system/regimage-renew.service",
+    "etc/systemd/system/regimage-renew.timer",
     "etc/systemd/system/registry-proxy.service",
     "etc/systemd/user/registry.service",
 ];
@@ -181,8 +183,10 @@ fn render_refuses_a_root_that_is_a_file() {
 // ---------------------------------------------------------------------------------------
 // nginx
 
-/// Throwaway certificates in the machine's layout under `certs`: server CA, server
-/// certificate for 127.0.0.1/localhost, client CA and one client certificate.
+/// Throwaway certificates in the machine's layout under `certs`: server CA, the server key
+/// and certificate for 127.0.0.1/localhost in one `private/registry.pem` (and the public
+/// `registry.crt`), client CA, client certificates `ci` and `gone`, and the client CA's CRL
+/// listing `gone`.
 fn make_certs(certs: &Path) {
     for d in ["ca", "private", "clients"] {
         fs::create_dir_all(p(certs, d)).expect("creating certs dir");
@@ -243,13 +247,46 @@ fn make_certs(certs: &Path) {
         "clients/ca.crt",
         "/CN=regimage test client CA",
     );
-    leaf(
-        "private/client-ci.key",
-        "clients/ci.crt",
-        "/CN=ci",
-        "clients/ca.crt",
+    for name in ["ci", "gone"] {
+        leaf(
+            &format!("private/client-{name}.key"),
+            &format!("clients/{name}.crt"),
+            &format!("/CN={name}"),
+            "clients/ca.crt",
+            "private/client-ca.key",
+            "extendedKeyUsage=clientAuth\n",
+        );
+    }
+    // Key then certificate, one file for both of nginx's directives (issue 11); no
+    // registry.key, so nginx cannot be reading it.
+    let key = fs::read(p(certs, "private/registry.key")).expect("reading registry.key");
+    let crt = fs::read(p(certs, "registry.crt")).expect("reading registry.crt");
+    fs::write(p(certs, "private/registry.pem"), [key, crt].concat()).expect("writing registry.pem");
+    fs::remove_file(p(certs, "private/registry.key")).expect("removing registry.key");
+    // The client CA's CRL with `gone` revoked, made by openssl's own CA.
+    fs::write(
+        p(certs, "crl-ca.cnf"),
+        "[ca]\ndefault_ca = client_ca\n[client_ca]\ndatabase = crl-index.txt\n\
+         default_md = sha256\ndefault_crl_days = 2\n",
+    )
+    .expect("writing crl-ca.cnf");
+    fs::write(p(certs, "crl-index.txt"), "").expect("writing crl-index.txt");
+    let ca_args = [
+        "-config",
+        "crl-ca.cnf",
+        "-keyfile",
         "private/client-ca.key",
-        "extendedKeyUsage=clientAuth\n",
+        "-cert",
+        "clients/ca.crt",
+    ];
+    openssl(&[&["ca"][..], &ca_args, &["-revoke", "clients/gone.crt"]].concat());
+    openssl(
+        &[
+            &["ca"][..],
+            &ca_args,
+            &["-gencrl", "-out", "clients/crl.pem"],
+        ]
+        .concat(),
     );
 }
 
@@ -484,6 +521,36 @@ fn rendered_nginx_conf_passes_nginx_t_and_answers_with_json_errors() {
         "{}",
         r.body
     );
+    // A certificate of the same CA that the CRL lists: the same JSON 400 as none at all.
+    let r = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &s(&p(&certs, "clients/gone.crt")),
+        "--key",
+        &s(&p(&certs, "private/client-gone.key")),
+        "-X",
+        "POST",
+        &format!("{push_url}x/blobs/uploads/"),
+    ]);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "DENIED"),
+        "{}",
+        r.body
+    );
+    // The pull port serves the certificate from registry.pem (checked by --cacert above),
+    // and never asks for a client certificate, revoked or not.
+    let r = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &s(&p(&certs, "clients/gone.crt")),
+        "--key",
+        &s(&p(&certs, "private/client-gone.key")),
+        &pull_url,
+    ]);
+    assert_eq!(r.status, 502, "{}", r.body);
     drop(nginx);
 }
 
@@ -565,6 +632,7 @@ fn units_pass_systemd_analyze_verify() {
         "enable",
         "registry-proxy.service",
         "regimage-firstboot.service",
+        "regimage-renew.timer",
         "cloud-final.service",
     ]));
     run_ok(Command::new("systemctl").args([
@@ -584,6 +652,9 @@ fn units_pass_systemd_analyze_verify() {
     assert!(is_link(
         "etc/systemd/system/multi-user.target.wants/registry-proxy.service"
     ));
+    assert!(is_link(
+        "etc/systemd/system/timers.target.wants/regimage-renew.timer"
+    ));
     let wants = p(
         &root,
         "etc/systemd/system/multi-user.target.wants/cloud-init.target",
@@ -600,6 +671,8 @@ fn units_pass_systemd_analyze_verify() {
         "multi-user.target",
         "registry-proxy.service",
         "regimage-firstboot.service",
+        "regimage-renew.service",
+        "regimage-renew.timer",
     ];
     let (ok, messages) = analyze(&verify, &[]);
     assert!(

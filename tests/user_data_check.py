@@ -9,6 +9,9 @@
   user_data_check.py script FILE          print the runcmd script exactly as cloud-init
                                           writes it (cloudinit.util.shellify; run this with
                                           the python3 that has the cloudinit package)
+  user_data_check.py write FILE ROOT      write every write_files item under ROOT with
+                                          cloud-init's own write_files (same python3), owners
+                                          recorded instead of set; print {path: {mode, owner}}
 
 --fast uses libyaml's CSafeLoader (same YAML 1.1 resolver, for multi-megabyte documents);
 the default is PyYAML's pure-Python SafeLoader, which is what cloud-init uses.
@@ -71,12 +74,20 @@ def check(doc):
     files = doc["write_files"]
     expect(isinstance(files, list) and files, "write_files is not a non-empty list")
     paths = []
+    # The items with cloud-init's defaults filled in (what it writes).
+    resolved = []
     for f in files:
         expect(isinstance(f, dict), f"write_files item {f!r} is not a mapping")
         allowed = {"path", "owner", "permissions", "encoding", "content", "defer"}
         expect(set(f) <= allowed, f"{f.get('path')}: unexpected keys {set(f) - allowed}")
-        for key in ("path", "owner", "permissions", "content"):
+        for key in ("path", "content"):
             expect(isinstance(f.get(key), str), f"{f.get('path')}: {key} is {f.get(key)!r}, not a string")
+        # regimage leaves out cloud-init's defaults; what is written must be a string.
+        for key in ("owner", "permissions"):
+            expect(isinstance(f.get(key, ""), str), f"{f.get('path')}: {key} is {f.get(key)!r}, not a string")
+        expect(f.get("owner") != "root:root", f"{f.get('path')}: the default owner is written")
+        expect(f.get("permissions") != "0644", f"{f.get('path')}: the default permissions are written")
+        f = {"owner": "root:root", "permissions": "0644", **f}
         path = f["path"]
         expect(path.startswith("/") and not path.startswith(("/tmp/", "/var/tmp/")), f"bad path {path}")
         expect(re.fullmatch(r"[0-7]{4}", f["permissions"]) is not None, f"{path}: permissions {f['permissions']!r}")
@@ -85,6 +96,7 @@ def check(doc):
         if "encoding" in f:
             expect(f["encoding"] == "gz+b64", f"{path}: encoding {f['encoding']!r}")
         paths.append(path)
+        resolved.append(f)
     expect(len(paths) == len(set(paths)), "a path is written twice")
 
     # bootcmd runs at every boot: its one item (the lean package install) runs once per
@@ -104,7 +116,7 @@ def check(doc):
     return {
         "packages": doc["packages"],
         "users": [u if isinstance(u, str) else u["name"] for u in users],
-        "files": {f["path"]: {"owner": f["owner"], "permissions": f["permissions"], "encoding": f.get("encoding", "text")} for f in files},
+        "files": {f["path"]: {"owner": f["owner"], "permissions": f["permissions"], "encoding": f.get("encoding", "text")} for f in resolved},
         "runcmd": runcmd,
     }
 
@@ -129,6 +141,28 @@ def main(argv):
         from cloudinit.util import shellify
 
         sys.stdout.write(shellify(doc["runcmd"]))
+    elif cmd == "write":
+        import os
+
+        from cloudinit import util
+        from cloudinit.config import cc_write_files
+
+        root = argv[3]
+        owners = {}
+
+        def record(path, user, group):
+            owners[path[len(root):]] = f"{user}:{group}"
+
+        # The owners are the machine's users; here they are only recorded.
+        util.chownbyname = record
+        # A mode left out must not come from the umask.
+        os.umask(0o077)
+        items = [{**{k: v for k, v in f.items() if k != "defer"}, "path": root + f["path"]} for f in doc["write_files"]]
+        cc_write_files.write_files("write_files", items, "root:root")
+        json.dump(
+            {f["path"]: {"mode": f"{os.stat(root + f['path']).st_mode & 0o7777:04o}", "owner": owners.get(f["path"])} for f in doc["write_files"]},
+            sys.stdout,
+        )
     else:
         fail(__doc__)
 

@@ -224,6 +224,29 @@ fn certs_d_directories_use_the_client_names() {
     );
 }
 
+/// The README's fingerprint check points at where the registry shows it: first boot's ready
+/// line (`firstboot::ready_line`) and `regimage status` (issue 11).
+#[test]
+fn readme_says_where_the_registry_shows_its_ca_fingerprint() {
+    let p = pems();
+    let readme = render_readme(&spec(&p, "ci", "vm", 443)).unwrap();
+    let flat = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "regimage: registry ready: ... server CA SHA-256",
+        "`sudo regimage status`",
+        "journalctl -u regimage-firstboot.service",
+    ] {
+        assert!(flat.contains(want), "{want:?} missing:\n{readme}");
+    }
+    let status = crate::firstboot::status::Status {
+        server_ca_sha256: "AB:CD".into(),
+        ..Default::default()
+    };
+    let line = crate::firstboot::ready_line(&crate::config::Config::default(), &status);
+    assert!(line.starts_with("regimage: registry ready: "), "{line}");
+    assert!(line.contains(" server CA SHA-256 AB:CD "), "{line}");
+}
+
 #[test]
 fn readme_headings_follow_the_contract() {
     let p = pems();

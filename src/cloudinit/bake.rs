@@ -233,6 +233,45 @@ mod tests {
             .collect()
     }
 
+    /// The baked image gets the renew units like every other file (issue 11); first boot
+    /// enables and starts the timer.
+    #[test]
+    fn bake_seed_installs_the_renew_units() {
+        let archive = extent(0, 1, "ab");
+        let files = crate::build::user_data_files(&Config::default()).unwrap();
+        let seed = build_user_data_for(
+            &Config::default(),
+            &files,
+            Distro::Debian13,
+            Mode::Bake {
+                archive: &archive,
+                binary: &archive,
+            },
+        )
+        .unwrap();
+        let written = items(&seed.tree, "write_files");
+        for path in [
+            crate::render::RENEW_SERVICE_PATH,
+            crate::render::RENEW_TIMER_PATH,
+        ] {
+            let item = written
+                .iter()
+                .find(|f| f.get("path") == Some(&Value::str(path)))
+                .unwrap_or_else(|| panic!("{path} is not in the bake seed"));
+            let want = &files
+                .iter()
+                .find(|f| f.path.as_os_str() == path)
+                .unwrap()
+                .contents;
+            let got = match (item.get("encoding"), item.get("content")) {
+                (None, Some(Value::Str(text))) => text.as_bytes().to_vec(),
+                (Some(_), Some(Value::Str(b64))) => crate::cloudinit::tests::unpack(b64),
+                other => panic!("{path}: {other:?}"),
+            };
+            assert_eq!(&got, want, "{path}");
+        }
+    }
+
     #[test]
     fn scripts_get_every_variable_they_read() {
         let archive = extent(0, 1, "ab");

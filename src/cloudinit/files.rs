@@ -13,27 +13,29 @@ use super::BINARY_PATH;
 use crate::render::FileEntry;
 use crate::yaml_out::Value;
 
-/// Text files up to this size stay readable in the user-data.
-const TEXT_INLINE_MAX: usize = 2048;
-
 /// A `write_files` item. Every file is deferred to the final stage (`defer: true`), whoever
 /// owns it: `write_files` runs before `users`, so a file owned by (or grouped to) the
 /// service or proxy user would fail its chown; and deferred files land after `packages`, so
 /// our /etc/containers/policy.json replaces the package's copy instead of racing dpkg's
 /// conffile handling. Nothing needs to exist earlier: the runcmd script runs after both.
+///
+/// `owner` and `permissions` are left out where they are cloud-init's documented defaults
+/// (`root:root`, `0644`; cloud-init sets both on every file it writes), which most files
+/// are: the user-data must fit EC2's 16 KiB with `--binary-url`.
 pub(super) fn write_file_item(entry: &FileEntry) -> Result<Value> {
     let path = entry
         .path
         .to_str()
         .with_context(|| format!("{} is not UTF-8", entry.path.display()))?;
-    let mut item = vec![
-        ("path", Value::str(path)),
-        (
-            "owner",
-            Value::Str(format!("{}:{}", entry.owner, entry.group)),
-        ),
-        ("permissions", Value::Str(permissions(entry.mode))),
-    ];
+    let mut item = vec![("path", Value::str(path))];
+    let owner = format!("{}:{}", entry.owner, entry.group);
+    if owner != DEFAULT_OWNER {
+        item.push(("owner", Value::Str(owner)));
+    }
+    let mode = permissions(entry.mode);
+    if mode != DEFAULT_PERMISSIONS {
+        item.push(("permissions", Value::Str(mode)));
+    }
     match encode_content(&entry.contents)
         .with_context(|| format!("encoding {}", entry.path.display()))?
     {
@@ -54,7 +56,7 @@ pub(super) fn embedded_binary_item(bytes: &[u8]) -> Result<(Value, usize)> {
     let len = content.len();
     let item = Value::map([
         ("path", Value::str(BINARY_PATH)),
-        ("owner", Value::str("root:root")),
+        // root:root, cloud-init's default owner.
         ("permissions", Value::str("0755")),
         ("encoding", Value::str("gz+b64")),
         ("content", Value::Str(content)),
@@ -62,6 +64,11 @@ pub(super) fn embedded_binary_item(bytes: &[u8]) -> Result<(Value, usize)> {
     ]);
     Ok((item, len))
 }
+
+/// What cloud-init's write_files gives a file without `owner` (cc_write_files).
+pub(super) const DEFAULT_OWNER: &str = "root:root";
+/// What cloud-init's write_files gives a file without `permissions` (cc_write_files).
+pub(super) const DEFAULT_PERMISSIONS: &str = "0644";
 
 /// `mode` as the quoted octal string cloud-init expects, e.g. "0644" (an unquoted 0644 is
 /// the integer 420 to YAML 1.1, which cloud-init's schema rejects).
@@ -77,22 +84,17 @@ enum Content {
 }
 
 /// Text stays text when it is clean UTF-8 (no control characters but newline and tab) and
-/// small, or when compressing would save under a fifth; everything else is gz+b64.
+/// its gz+b64 would not be shorter; everything else is gz+b64. The user-data must fit
+/// EC2's 16 KiB with `--binary-url` (issue 11 brought two units), so only files too small
+/// to gain stay readable here; `regimage render` shows every file as it lands.
 fn encode_content(bytes: &[u8]) -> Result<Content> {
     let text = std::str::from_utf8(bytes)
         .ok()
         .filter(|s| !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'));
+    let b64 = gz_b64(bytes)?;
     match text {
-        Some(s) if s.len() <= TEXT_INLINE_MAX => Ok(Content::Text(s.to_string())),
-        Some(s) => {
-            let b64 = gz_b64(bytes)?;
-            if b64.len() * 5 < s.len() * 4 {
-                Ok(Content::GzB64(b64))
-            } else {
-                Ok(Content::Text(s.to_string()))
-            }
-        }
-        None => Ok(Content::GzB64(gz_b64(bytes)?)),
+        Some(s) if s.len() <= b64.len() => Ok(Content::Text(s.to_string())),
+        _ => Ok(Content::GzB64(b64)),
     }
 }
 
@@ -151,9 +153,12 @@ mod tests {
             let e = entry("/etc/x", 0o644, owner, group, b"x");
             let item = write_file_item(&e).unwrap();
             assert_eq!(item.get("defer"), Some(&Value::Bool(true)), "{owner}");
+            // cloud-init's default owner is left out; any other is written.
+            let want = (owner, group) != ("root", "root");
             assert_eq!(
                 item.get("owner"),
-                Some(&Value::Str(format!("{owner}:{group}")))
+                want.then(|| Value::Str(format!("{owner}:{group}")))
+                    .as_ref()
             );
         }
         let (binary, _) = embedded_binary_item(b"\x7fELF").unwrap();
@@ -174,6 +179,14 @@ mod tests {
             encode_content(b"bell\x07").unwrap(),
             Content::GzB64(_)
         ));
+        // A text that gains from compression is compressed, however short.
+        let unit =
+            "[Unit]\nDescription=x\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n".repeat(4);
+        assert!(unit.len() < 400);
+        assert!(matches!(
+            encode_content(unit.as_bytes()).unwrap(),
+            Content::GzB64(_)
+        ));
         let big = "server { listen 443; }\n".repeat(200);
         let Content::GzB64(b64) = encode_content(big.as_bytes()).unwrap() else {
             panic!("big repetitive text should be compressed")
@@ -181,6 +194,24 @@ mod tests {
         assert_eq!(unpack(&b64), big.as_bytes());
         // Deterministic: same input, same bytes.
         assert_eq!(gz_b64(big.as_bytes()).unwrap(), b64);
+    }
+
+    #[test]
+    fn only_modes_other_than_cloud_inits_default_are_written() {
+        for (mode, want) in [
+            (0o644, None),
+            (0o600, Some("0600")),
+            (0o640, Some("0640")),
+            (0o755, Some("0755")),
+            (0o4644, Some("4644")),
+        ] {
+            let item = write_file_item(&entry("/etc/x", mode, "root", "root", b"x")).unwrap();
+            assert_eq!(
+                item.get("permissions"),
+                want.map(Value::str).as_ref(),
+                "{mode:o}"
+            );
+        }
     }
 
     #[test]

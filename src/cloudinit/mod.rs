@@ -415,8 +415,15 @@ mod tests {
         assert_eq!(files.len(), 4);
         for f in files {
             assert_eq!(f.get("defer"), Some(&Value::Bool(true)));
-            assert!(matches!(f.get("permissions"), Some(Value::Str(p)) if p.len() == 4));
         }
+        // cloud-init's defaults (root:root 0644) are left out, anything else is written.
+        assert_eq!(files[0].get("owner"), None);
+        assert_eq!(files[0].get("permissions"), None);
+        assert_eq!(
+            files[2].get("owner"),
+            Some(&Value::str("root:registry-proxy"))
+        );
+        assert_eq!(files[2].get("permissions"), Some(&Value::str("0640")));
         assert_eq!(
             files[1].get("owner"),
             Some(&Value::str("registry:registry"))

@@ -98,6 +98,8 @@ pub struct FakeSystem {
     pub missing: RefCell<BTreeSet<String>>,
     /// `apt-get` fails (a dead mirror).
     pub apt_broken: Cell<bool>,
+    /// Units whose file is not installed (an image rendered before they existed).
+    pub uninstalled: RefCell<BTreeSet<String>>,
     clock: Cell<Duration>,
 }
 
@@ -125,6 +127,7 @@ impl FakeSystem {
             offline_polls: Cell::new(0),
             missing: RefCell::new(BTreeSet::new()),
             apt_broken: Cell::new(false),
+            uninstalled: RefCell::new(BTreeSet::new()),
             clock: Cell::new(Duration::ZERO),
         }
     }
@@ -212,10 +215,17 @@ impl FakeSystem {
     }
 }
 
-fn known_unit(manager: Manager, unit: &str) -> bool {
+/// Whether `unit`'s file is installed in `manager`.
+fn known_unit(fake: &FakeSystem, manager: Manager, unit: &str) -> bool {
+    if fake.uninstalled.borrow().contains(unit) {
+        return false;
+    }
     match manager {
         Manager::System => {
-            unit == "registry-proxy.service" || unit == DISTRO_NGINX || unit.starts_with("user@")
+            unit == "registry-proxy.service"
+                || unit == "regimage-renew.timer"
+                || unit == DISTRO_NGINX
+                || unit.starts_with("user@")
         }
         Manager::User(_) => unit == "registry.service",
     }
@@ -286,7 +296,7 @@ impl System for FakeSystem {
             .cloned()
             .unwrap_or_default();
         Ok(UnitStatus {
-            load_state: if known_unit(manager, unit) {
+            load_state: if known_unit(self, manager, unit) {
                 "loaded"
             } else {
                 "not-found"
@@ -444,7 +454,7 @@ impl System for FakeSystem {
 
     fn start_unit(&self, manager: Manager, unit: &str) -> Result<()> {
         self.change(format!("start_unit {manager:?} {unit}"))?;
-        if !known_unit(manager, unit) {
+        if !known_unit(self, manager, unit) {
             bail!("Unit {unit} not found.");
         }
         let mut ok = true;
@@ -484,7 +494,7 @@ impl System for FakeSystem {
 
     fn enable_unit(&self, manager: Manager, unit: &str) -> Result<()> {
         self.change(format!("enable_unit {manager:?} {unit}"))?;
-        if !known_unit(manager, unit) {
+        if !known_unit(self, manager, unit) {
             bail!("Unit file {unit} does not exist.");
         }
         self.state
@@ -498,7 +508,7 @@ impl System for FakeSystem {
 
     fn disable_unit(&self, manager: Manager, unit: &str) -> Result<()> {
         self.change(format!("disable_unit {manager:?} {unit}"))?;
-        if !known_unit(manager, unit) {
+        if !known_unit(self, manager, unit) {
             bail!("Unit file {unit} does not exist.");
         }
         let mut state = self.state.borrow_mut();

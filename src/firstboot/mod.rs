@@ -241,6 +241,12 @@ fn build_status(ctx: &Ctx<'_>, steps: Vec<StepStatus>, error: Option<&anyhow::Er
             push: url(config.ports.push),
             registry: format!("http://127.0.0.1:{}/", config.ports.registry),
         },
+        server_ca_sha256: ctx
+            .pki
+            .as_ref()
+            .and_then(|r| r.certificate("server-ca", None))
+            .map(|c| c.sha256.clone())
+            .unwrap_or_default(),
         certificates: ctx
             .pki
             .iter()
@@ -289,12 +295,14 @@ fn write_status(root: &Path, config: &Config, status: &Status) -> Result<()> {
     fsutil::write_atomic(&out.join("status.json"), &status.to_json()?, 0o600)
 }
 
-/// The one line on the console when the registry is ready.
+/// The one line on the console when the registry is ready. It carries the server CA's
+/// fingerprint, which the bundle README asks clients to compare with their `ca.crt`.
 pub fn ready_line(config: &Config, status: &Status) -> String {
     format!(
-        "regimage: registry ready: pull {} push {} bundles in {}",
+        "regimage: registry ready: pull {} push {} server CA SHA-256 {} bundles in {}",
         status.endpoints.pull,
         status.endpoints.push,
+        status.server_ca_sha256,
         config.output_dir.display()
     )
 }

@@ -16,6 +16,10 @@ pub struct Status {
     /// The name clients use (the server certificate's CN).
     pub primary_name: String,
     pub endpoints: Endpoints,
+    /// SHA-256 of the server CA certificate's DER, `AB:CD:...`: what a client compares
+    /// with its bundle's `ca.crt` (the bundle README; the console's ready line has it too).
+    /// Empty when the pki step has not run.
+    pub server_ca_sha256: String,
     pub certificates: Vec<CertStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageStatus>,

@@ -44,6 +44,10 @@ pub const REGISTRY_UNIT_PATH: &str = "/etc/systemd/user/registry.service";
 pub const PROXY_UNIT_PATH: &str = "/etc/systemd/system/registry-proxy.service";
 /// The first-boot oneshot.
 pub const FIRSTBOOT_UNIT_PATH: &str = "/etc/systemd/system/regimage-firstboot.service";
+/// The day-2 oneshot: `regimage renew` (issue 11).
+pub const RENEW_SERVICE_PATH: &str = "/etc/systemd/system/regimage-renew.service";
+/// Starts [`RENEW_SERVICE_PATH`] daily; first boot enables and starts it.
+pub const RENEW_TIMER_PATH: &str = "/etc/systemd/system/regimage-renew.timer";
 /// containers/image signature policy.
 pub const POLICY_PATH: &str = "/etc/containers/policy.json";
 /// registries.conf drop-in naming the mirror of the pinned image, when one is configured.
@@ -67,16 +71,25 @@ pub const PROXY_RUN_DIR: &str = "/run/registry-proxy";
 /// error log (stderr). Tests put a file in its place.
 pub const PROXY_ACCESS_LOG: &str =
     "syslog:server=unix:/run/systemd/journal/dev-log,tag=registry_proxy,nohostname";
-/// Server certificate (leaf only), server key and client CA, as the PKI lays them out.
+/// The server certificate (leaf only): a public copy for humans and the health check,
+/// written after [`SERVER_PEM_PATH`].
 pub const SERVER_CERT_PATH: &str = "/etc/registry/certs/registry.crt";
-pub const SERVER_KEY_PATH: &str = "/etc/registry/certs/private/registry.key";
+/// The server key followed by its certificate: nginx's `ssl_certificate` and
+/// `ssl_certificate_key` both. One file replaced by one rename, so nginx never loads a
+/// key with another key's certificate (issue 11).
+pub const SERVER_PEM_PATH: &str = "/etc/registry/certs/private/registry.pem";
+/// The client CA, which signs the certificates the push port accepts.
 pub const CLIENT_CA_PATH: &str = "/etc/registry/certs/clients/ca.crt";
+/// The client CA's CRL (`ssl_crl` on the push port); re-signed by `regimage renew`.
+pub const CLIENT_CRL_PATH: &str = "/etc/registry/certs/clients/crl.pem";
 
 const NGINX_TEMPLATE: &str = include_str!("../../templates/nginx.conf");
 const POLICY_TEMPLATE: &str = include_str!("../../templates/containers-policy.json");
 const REGISTRY_UNIT_TEMPLATE: &str = include_str!("../../units/registry.service");
 const PROXY_UNIT_TEMPLATE: &str = include_str!("../../units/registry-proxy.service");
 const FIRSTBOOT_UNIT_TEMPLATE: &str = include_str!("../../units/regimage-firstboot.service");
+const RENEW_SERVICE_TEMPLATE: &str = include_str!("../../units/regimage-renew.service");
+const RENEW_TIMER_TEMPLATE: &str = include_str!("../../units/regimage-renew.timer");
 
 /// The registry's environment, the same for the container and for a direct run of the
 /// registry binary (tests): listen on all addresses inside the container (`127.0.0.1`
@@ -153,6 +166,14 @@ pub fn appliance_files(config: &Config) -> Result<Vec<FileEntry>> {
                 "regimage-firstboot.service",
                 &firstboot_unit_context(config),
             )?,
+        ),
+        root_file(
+            RENEW_SERVICE_PATH,
+            render(&tera, "regimage-renew.service", &renew_unit_context(config))?,
+        ),
+        root_file(
+            RENEW_TIMER_PATH,
+            render(&tera, "regimage-renew.timer", &tera::Context::new())?,
         ),
         root_file(POLICY_PATH, render_policy(&tera, &image.name)?),
     ];
@@ -317,6 +338,8 @@ fn templates() -> Result<tera::Tera> {
         ("registry.service", REGISTRY_UNIT_TEMPLATE),
         ("registry-proxy.service", PROXY_UNIT_TEMPLATE),
         ("regimage-firstboot.service", FIRSTBOOT_UNIT_TEMPLATE),
+        ("regimage-renew.service", RENEW_SERVICE_TEMPLATE),
+        ("regimage-renew.timer", RENEW_TIMER_TEMPLATE),
     ])
     .context("parsing the built-in templates")?;
     Ok(tera)
@@ -432,9 +455,9 @@ fn nginx_context(config: &Config) -> tera::Context {
     ctx.insert("pull_allowed_cidrs", &config.pull_allowed_cidrs);
     ctx.insert("run_dir", PROXY_RUN_DIR);
     ctx.insert("access_log", PROXY_ACCESS_LOG);
-    ctx.insert("server_cert", SERVER_CERT_PATH);
-    ctx.insert("server_key", SERVER_KEY_PATH);
+    ctx.insert("server_pem", SERVER_PEM_PATH);
     ctx.insert("client_ca", CLIENT_CA_PATH);
+    ctx.insert("client_crl", CLIENT_CRL_PATH);
     ctx.insert("servers", &servers);
     ctx
 }
@@ -462,7 +485,7 @@ fn proxy_unit_context(config: &Config) -> tera::Context {
     ctx.insert("push_port", &config.ports.push);
     ctx.insert("registry_port", &config.ports.registry);
     ctx.insert("proxy_user", &config.proxy_user);
-    // The proxy user's own group (made with it); it also owns registry.key's group.
+    // The proxy user's own group (made with it); it is also registry.pem's group.
     ctx.insert("proxy_group", &config.proxy_user);
     ctx.insert("nginx_conf", NGINX_CONF_PATH);
     ctx.insert("server_cert", SERVER_CERT_PATH);
@@ -474,6 +497,20 @@ fn firstboot_unit_context(config: &Config) -> tera::Context {
     ctx.insert("installed_config", INSTALLED_CONFIG_PATH);
     ctx.insert("done_file", FIRSTBOOT_DONE_PATH);
     ctx.insert("output_dir", &config.output_dir);
+    ctx
+}
+
+fn renew_unit_context(config: &Config) -> tera::Context {
+    let mut ctx = tera::Context::new();
+    ctx.insert("binary", crate::cloudinit::BINARY_PATH);
+    ctx.insert("installed_config", INSTALLED_CONFIG_PATH);
+    ctx.insert("done_file", FIRSTBOOT_DONE_PATH);
+    ctx.insert("output_dir", &config.output_dir);
+    // renew rewrites client bundles in output-dir: ProtectHome= would hide one under it.
+    let hidden = ["/home", "/root", "/run/user"]
+        .iter()
+        .any(|d| config.output_dir.starts_with(d));
+    ctx.insert("protect_home", &!hidden);
     ctx
 }
 

@@ -82,11 +82,13 @@ fn file_set_is_complete_sorted_and_root_owned() {
         REGISTRY_UNIT_PATH,
         PROXY_UNIT_PATH,
         FIRSTBOOT_UNIT_PATH,
+        RENEW_SERVICE_PATH,
+        RENEW_TIMER_PATH,
         POLICY_PATH,
     ] {
         assert!(paths.contains(&want), "{want} missing from {paths:?}");
     }
-    assert_eq!(files.len(), 6);
+    assert_eq!(files.len(), 8);
     for f in &files {
         assert_eq!(
             (f.mode, f.owner.as_str(), f.group.as_str()),
@@ -141,6 +143,108 @@ fn nginx_follows_the_config() {
     let push_server = &conf[conf.find("listen 9443 ssl;").unwrap()..];
     assert!(push_server.contains("ssl_verify_client on;"));
     assert!(!push_server.contains("$regimage_write_method)"));
+}
+
+#[test]
+fn nginx_loads_one_key_and_cert_file_and_the_crl_on_the_push_port_only() {
+    for config in [Config::default(), custom()] {
+        let files = appliance_files(&config).unwrap();
+        let conf = directives(&text(&files, NGINX_CONF_PATH));
+        // Both directives name the one file renew replaces by a rename (issue 11).
+        assert_eq!(
+            conf.matches(&format!("ssl_certificate {SERVER_PEM_PATH};"))
+                .count(),
+            1,
+            "{conf}"
+        );
+        assert_eq!(
+            conf.matches(&format!("ssl_certificate_key {SERVER_PEM_PATH};"))
+                .count(),
+            1,
+            "{conf}"
+        );
+        assert!(!conf.contains("registry.key"), "{conf}");
+        assert!(!conf.contains(SERVER_CERT_PATH), "{conf}");
+        let (pull, push) = servers(&conf);
+        let crl = format!("ssl_crl {CLIENT_CRL_PATH};");
+        assert!(!pull.contains("ssl_crl"), "{pull}");
+        assert_eq!(push.matches(&crl).count(), 1, "{push}");
+        // Next to the CA it belongs to.
+        let ca = push.find("ssl_client_certificate ").unwrap();
+        assert!(push[ca..].find(&crl).unwrap() < 200, "{push}");
+    }
+}
+
+#[test]
+fn renew_units_run_renew_daily_after_first_boot() {
+    for config in [Config::default(), custom()] {
+        let files = appliance_files(&config).unwrap();
+        let service = unit_directives(&text(&files, RENEW_SERVICE_PATH));
+        for want in [
+            "Type=oneshot".to_string(),
+            format!(
+                "ExecStart={} renew -c {INSTALLED_CONFIG_PATH}",
+                crate::cloudinit::BINARY_PATH
+            ),
+            "After=network-online.target".into(),
+            format!("ConditionPathExists={FIRSTBOOT_DONE_PATH}"),
+            "NoNewPrivileges=yes".into(),
+            "PrivateTmp=yes".into(),
+            "ProtectHome=yes".into(),
+            "StandardOutput=journal".into(),
+        ] {
+            assert!(service.contains(&want), "{want} missing: {service:#?}");
+        }
+        // It writes /etc/registry/certs and /var/lib/regimage and runs `systemctl reload`.
+        for never in [
+            "ProtectSystem",
+            "ReadOnlyPaths",
+            "PrivateDevices",
+            "User=",
+            "[Install]",
+        ] {
+            assert!(
+                !service.iter().any(|l| l.starts_with(never)),
+                "{never}: {service:#?}"
+            );
+        }
+        let timer = unit_directives(&text(&files, RENEW_TIMER_PATH));
+        for want in [
+            "OnCalendar=daily",
+            "RandomizedDelaySec=1h",
+            "Persistent=true",
+            "[Install]",
+            "WantedBy=timers.target",
+        ] {
+            assert!(timer.contains(&want.to_string()), "{want}: {timer:#?}");
+        }
+        // The timer starts the service of its own name.
+        assert!(!timer.iter().any(|l| l.starts_with("Unit=")), "{timer:#?}");
+        let stem = |p: &str| Path::new(p).file_stem().unwrap().to_owned();
+        assert_eq!(stem(RENEW_SERVICE_PATH), stem(RENEW_TIMER_PATH));
+    }
+}
+
+#[test]
+fn renew_keeps_home_visible_when_the_bundles_live_there() {
+    for (dir, protected) in [
+        ("/var/lib/regimage/out", true),
+        ("/srv/homework", true),
+        ("/home/admin/bundles", false),
+        ("/root/bundles", false),
+    ] {
+        let config = Config {
+            output_dir: dir.into(),
+            ..Config::default()
+        };
+        let files = appliance_files(&config).unwrap();
+        let service = unit_directives(&text(&files, RENEW_SERVICE_PATH));
+        assert_eq!(
+            service.contains(&"ProtectHome=yes".to_string()),
+            protected,
+            "{dir}: {service:#?}"
+        );
+    }
 }
 
 /// The text of the pull server (the first `server {`) and of the push server.

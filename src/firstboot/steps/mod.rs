@@ -58,6 +58,8 @@ const STORAGE_DIR_MODE: u32 = 0o750;
 const REGISTRY_ENV_MODE: u32 = 0o640;
 const REGISTRY_UNIT: &str = "registry.service";
 const PROXY_UNIT: &str = "registry-proxy.service";
+/// Runs `regimage renew` daily (issue 11); its file is [`crate::render::RENEW_TIMER_PATH`].
+pub const RENEW_TIMER_UNIT: &str = "regimage-renew.timer";
 /// How long user@UID.service may take to come up (TCG machines are slow).
 const USER_MANAGER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a wait looks again: short, since a ready service should not wait out a long

@@ -72,9 +72,10 @@ fn steps_start_few_processes() {
     // The image: list, load, tag; then only the list.
     assert_eq!(n(&fresh, "registry-image", "podman"), 3);
     assert_eq!(n(&rerun, "registry-image", "podman"), 1);
-    // Services: per unit one show and one is-enabled, then enable and start.
-    assert_eq!(n(&fresh, "services", "systemctl"), 8);
-    assert_eq!(n(&rerun, "services", "systemctl"), 4);
+    // Services: per unit (registry, proxy, renew timer) one show and one is-enabled, then
+    // enable and start.
+    assert_eq!(n(&fresh, "services", "systemctl"), 12);
+    assert_eq!(n(&rerun, "services", "systemctl"), 6);
     // Health: one request per endpoint when they answer; no systemctl.
     assert_eq!(of(&fresh, "health"), &BTreeMap::from([("curl", 2)]));
     assert_eq!(of(&rerun, "health"), &BTreeMap::from([("curl", 2)]));

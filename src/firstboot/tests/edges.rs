@@ -1,6 +1,7 @@
 //! The first-boot edges of issue 10: no network yet (wait, then stop clearly without
 //! issuing anything), packages missing after a failed install (installed, or a clear
-//! stop), and a kernel without IPv6 (the proxy's IPv6 listeners commented out).
+//! stop), and a kernel without IPv6 (the proxy's IPv6 listeners commented out); and of
+//! issue 11: an image without the renew timer's unit file.
 
 #![allow(clippy::unwrap_used)] // tests may panic; see STYLE.md
 
@@ -263,4 +264,36 @@ fn with_ipv6_the_proxy_config_is_left_alone() {
         .changes
         .iter()
         .all(|c| !c.contains("IPv6")));
+}
+
+#[test]
+fn missing_renew_timer_stops_first_boot_clearly_and_a_rerun_finishes() {
+    let m = machine(true);
+    m.fake
+        .uninstalled
+        .borrow_mut()
+        .insert(steps::RENEW_TIMER_UNIT.to_string());
+    let e = format!("{:#}", m.run().unwrap_err());
+    assert!(e.contains("first boot step services"), "{e}");
+    assert!(
+        e.contains("regimage-renew.timer is not installed in the system manager"),
+        "{e}"
+    );
+    assert!(e.contains("`regimage render`"), "{e}");
+    assert!(!m.path(render::FIRSTBOOT_DONE_PATH).exists());
+    assert_eq!(status_json(&m)["ready"], false);
+    // The registry and the proxy before it are up; the timer is neither enabled nor started.
+    let calls = m.mutations();
+    assert!(calls.contains(&"start_unit System registry-proxy.service".to_string()));
+    assert!(
+        !calls.iter().any(|c| c.contains("regimage-renew")),
+        "{calls:#?}"
+    );
+    // Once the file is there, the next boot's run finishes.
+    m.fake.uninstalled.borrow_mut().clear();
+    let status = m.run().unwrap();
+    assert!(status.ready, "{status:#?}");
+    let state = m.fake.state.borrow();
+    let timer = &state.units[&(Manager::System, steps::RENEW_TIMER_UNIT.to_string())];
+    assert!(timer.enabled && timer.active, "{timer:?}");
 }

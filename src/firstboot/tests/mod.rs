@@ -264,10 +264,16 @@ fn clean_run_makes_a_ready_machine() {
     for key in [
         (Manager::User(registry.uid), "registry.service"),
         (Manager::System, "registry-proxy.service"),
+        // Day 2: renewals run daily from first boot on (issue 11).
+        (Manager::System, steps::RENEW_TIMER_UNIT),
     ] {
         let unit = &state.units[&(key.0, key.1.to_string())];
         assert!(unit.enabled && unit.active, "{key:?}: {unit:?}");
     }
+    assert_eq!(
+        Path::new(render::RENEW_TIMER_PATH).file_name().unwrap(),
+        steps::RENEW_TIMER_UNIT
+    );
     // Firewall: sshd's port, pulls, pushes per network, never the registry; on.
     let ufw = &state.ufw;
     assert!(ufw.enabled);
@@ -377,9 +383,20 @@ fn clean_run_makes_a_ready_machine() {
         .iter()
         .all(|c| c["sha256"].as_str().unwrap().len() == 95 && c["not_after"].is_string()));
     assert!(m.path(render::FIRSTBOOT_DONE_PATH).is_file());
+    // The server CA's fingerprint, as the bundle README asks clients to compare it: the
+    // SHA-256 of the DER of ca/ca.crt, in status.json and on the console (issue 11).
+    let ca_pem = std::fs::read(crate::pki::PkiPaths::new(m.root()).ca_cert).unwrap();
+    let (_, ca) = x509_parser::pem::parse_x509_pem(&ca_pem).unwrap();
+    let ca_sha256 = pki::fingerprint(&ca.contents);
+    assert_eq!(ca_sha256.len(), 95);
+    assert_eq!(json["server_ca_sha256"], ca_sha256.as_str());
+    assert_eq!(status.server_ca_sha256, ca_sha256);
     assert_eq!(
         ready_line(&m.config, &status),
-        "regimage: registry ready: pull https://reg1.example.test/ push https://reg1.example.test:4443/ bundles in /var/lib/regimage/out"
+        format!(
+            "regimage: registry ready: pull https://reg1.example.test/ push https://reg1.example.test:4443/ \
+             server CA SHA-256 {ca_sha256} bundles in /var/lib/regimage/out"
+        )
     );
     // The archive stays for a later run.
     assert_eq!(
@@ -425,6 +442,15 @@ fn order_of_system_calls_is_safe() {
     // Services after the image and the firewall.
     assert!(pos("podman_tag") < pos("start_unit User"));
     assert!(last_ufw < pos("start_unit User"));
+    // The renew timer enabled and started in the system manager, after the proxy.
+    let timer = steps::RENEW_TIMER_UNIT;
+    assert!(
+        pos("start_unit System registry-proxy.service")
+            < pos(&format!("enable_unit System {timer}"))
+    );
+    assert!(
+        pos(&format!("enable_unit System {timer}")) < pos(&format!("start_unit System {timer}"))
+    );
 }
 
 #[test]
@@ -486,7 +512,11 @@ fn single_label_name_keeps_443_for_clients() {
     assert_eq!(status.endpoints.push, "https://vm:4443/");
     assert_eq!(
         ready_line(&m.config, &status),
-        "regimage: registry ready: pull https://vm:443/ push https://vm:4443/ bundles in /var/lib/regimage/out"
+        format!(
+            "regimage: registry ready: pull https://vm:443/ push https://vm:4443/ server CA \
+             SHA-256 {} bundles in /var/lib/regimage/out",
+            status.server_ca_sha256
+        )
     );
     let bundle = std::fs::read(m.path("/var/lib/regimage/out/ci.tar.gz")).unwrap();
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bundle[..]));
