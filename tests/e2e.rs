@@ -906,6 +906,14 @@ fn reload_seconds(output: &str) -> Option<(String, f64)> {
         })
 }
 
+/// Records the proxy reload a day-2 command reports, if it reports one, as
+/// `{stage}_proxy_reload_seconds`.
+fn record_reload(timings: &mut Timings, stage: &str, output: &str) {
+    if let Some((_, seconds)) = reload_seconds(output) {
+        timings.record(&format!("{stage}_proxy_reload_seconds"), seconds);
+    }
+}
+
 /// A certificate serial as hex digits only: upper case, no `serial=`, colons or leading
 /// zeros (openssl prints `serial=0A1B...`; JSON may spell it otherwise).
 fn serial_hex(text: &str) -> String {
@@ -984,6 +992,7 @@ fn check_day2(
         added.contains(&bundle),
         "client add did not print the bundle path {bundle}:\n{added}"
     );
+    record_reload(timings, "vm1_day2_client_add", &added);
     let stat = vm.root_ok(&format!("stat -c '%n %a %U:%G' {bundle} {key} {crt}"));
     assert_eq!(
         stat.lines().map(str::to_string).collect::<Vec<_>>(),
@@ -1014,12 +1023,13 @@ fn check_day2(
     assert_refused(vm, &format!("regimage client add {EXTRA_CLIENT}"));
 
     // client revoke: refused from the moment it returns; the first client is not.
-    timed_root(
+    let (revoked, _) = timed_root(
         vm,
         timings,
         "vm1_day2_client_revoke",
         &format!("regimage client revoke {EXTRA_CLIENT}"),
     );
+    record_reload(timings, "vm1_day2_client_revoke", &revoked);
     let left = vm.root_ok(&format!(
         "for f in {bundle} {key} {crt}; do test ! -e \"$f\" || echo \"$f\"; done"
     ));
