@@ -8,7 +8,12 @@
 //!   the regimage binary from a one-file HTTP server on the host (`--binary-url`: an
 //!   embedded debug binary would be tens of MB of YAML for cloud-init to parse under TCG).
 //! - `e2e_qcow2`: the same base baked with `regimage build qcow2` and the fixture
-//!   archive, booted with a seed holding only an SSH key and an instance id.
+//!   archive, booted with a seed holding only an SSH key and an instance id. After the
+//!   checks below and the reboot, day 2 on the same machine (issue 11, `check_day2`):
+//!   `client add` (its bundle README run as written, a push), `client revoke` (its push
+//!   refused), `renew --force` (new server serial, same nginx main PID, pulls go on), the
+//!   renew timer, `status --json`; the three commands' wall times and the proxy reload's
+//!   are timings.
 //! - `e2e_vm2_from_the_baked_image`: a second VM from that image (handed over in-process),
 //!   first booted with no network card (first boot must fail on the console, saying why),
 //!   then killed while first boot runs and booted again: it finishes and has certificates of
@@ -198,15 +203,16 @@ fn sha256_file(path: &Path) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
 }
 
-/// Copies the client bundle off the VM (as the default user, through sudo) and installs it
-/// as its README says, per user, in a fresh `work`; the client reaches the VM as `name`.
-fn install_bundle(vm: &Vm, work: &Path, ports: Ports, name: &str) -> Client {
+/// Copies client `client_name`'s bundle off the VM (as the default user, through sudo) and
+/// installs it as its README says, per user, in a fresh `work`; the client reaches the VM
+/// as `name`.
+fn install_bundle(vm: &Vm, work: &Path, ports: Ports, name: &str, client_name: &str) -> Client {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work).expect("creating the client dir");
-    let tarball = work.join(format!("{CLIENT}.tar.gz"));
+    let tarball = work.join(format!("{client_name}.tar.gz"));
     std::fs::write(
         &tarball,
-        vm.read_root_file(&format!("/var/lib/regimage/out/{CLIENT}.tar.gz")),
+        vm.read_root_file(&format!("/var/lib/regimage/out/{client_name}.tar.gz")),
     )
     .expect("writing the bundle");
     let names = client::Names {
@@ -215,7 +221,7 @@ fn install_bundle(vm: &Vm, work: &Path, ports: Ports, name: &str) -> Client {
         push: ports.push,
         hosts_file: Some(hosts_file(work, name, ports)),
     };
-    client::install_bundle_for(&tarball, CLIENT, work, names)
+    client::install_bundle_for(&tarball, client_name, work, names)
 }
 
 /// What is refused from outside: writes on the pull port, the push port without a client
@@ -401,8 +407,9 @@ fn check_inside(vm: &Vm, ports: Ports, inputs: &Inputs, name: &str) {
         ("/etc/registry/certs/private", "750 root:registry-proxy"),
         ("/etc/registry/certs/private/ca.key", "600 root:root"),
         ("/etc/registry/certs/private/client-ca.key", "600 root:root"),
+        // The server key and its certificate in one file, replaced by one rename (issue 11).
         (
-            "/etc/registry/certs/private/registry.key",
+            "/etc/registry/certs/private/registry.pem",
             "640 root:registry-proxy",
         ),
         ("/etc/registry/certs/private/client-ci.key", "600 root:root"),
@@ -412,11 +419,13 @@ fn check_inside(vm: &Vm, ports: Ports, inputs: &Inputs, name: &str) {
             "640 root:registry-proxy",
         ),
         ("/etc/registry/certs/clients/ci.crt", "644 root:root"),
+        ("/etc/registry/certs/clients/crl.pem", "644 root:root"),
         ("/etc/registry/registry.env", "640 root:registry"),
         ("/var/lib/regimage", "700 root:root"),
         ("/var/lib/regimage/out", "700 root:root"),
         ("/var/lib/regimage/out/ci.tar.gz", "600 root:root"),
         ("/var/lib/regimage/out/status.json", "600 root:root"),
+        ("/var/lib/regimage/clients.json", "600 root:root"),
         ("/var/lib/registry-podman", "700 registry:registry"),
         ("/usr/local/bin/regimage", "755 root:root"),
     ];
@@ -437,7 +446,7 @@ fn check_inside(vm: &Vm, ports: Ports, inputs: &Inputs, name: &str) {
     }
     assert!(wrong.is_empty(), "modes and owners:\n{}", wrong.join("\n"));
     let no_other = vm.root_ok(
-        "find /etc/registry/certs/private -type f ! -name registry.key -perm /077 -printf '%p %m\\n'",
+        "find /etc/registry/certs/private -type f ! -name registry.pem -perm /077 -printf '%p %m\\n'",
     );
     assert!(
         no_other.trim().is_empty(),
@@ -624,8 +633,12 @@ fn check_readme_as_written(vm: &Vm, client: &Client, name: &str) {
         ),
     )
     .expect("writing the ssh config");
-    let readme = std::fs::read_to_string(client.work.join(format!("bundle/{CLIENT}/README.md")))
-        .expect("reading the bundle README");
+    let readme = std::fs::read_to_string(
+        client
+            .work
+            .join(format!("bundle/{}/README.md", client.name)),
+    )
+    .expect("reading the bundle README");
     let hosts = client
         .names
         .hosts_file
@@ -658,8 +671,9 @@ fn check_readme_as_written(vm: &Vm, client: &Client, name: &str) {
         blocks.extend(readme::section_blocks(&readme, path));
     }
     let out = runner.run(&blocks);
-    let copied = std::fs::read(cwd.join(format!("{CLIENT}.tar.gz"))).expect("the copied bundle");
-    let original = std::fs::read(client.work.join(format!("{CLIENT}.tar.gz"))).expect("the bundle");
+    let tarball = format!("{}.tar.gz", client.name);
+    let copied = std::fs::read(cwd.join(&tarball)).expect("the copied bundle");
+    let original = std::fs::read(client.work.join(&tarball)).expect("the bundle");
     assert!(
         copied == original,
         "the README's copy differs from the bundle on the VM"
@@ -679,12 +693,13 @@ fn check_readme_as_written(vm: &Vm, client: &Client, name: &str) {
         "the README's system-wide install left no client key"
     );
     progress(&format!(
-        "bundle README as written against {name}: copied off as debian with sudo, installed, curl check {{}} twice"
+        "bundle README of {} as written against {name}: copied off as debian with sudo, installed, curl check {{}} twice",
+        client.name
     ));
 }
 
 fn check_ready(vm: &Vm, ports: Ports, inputs: &Inputs, client_dir: &Path, name: &str) -> Snapshot {
-    let client = install_bundle(vm, client_dir, ports, name);
+    let client = install_bundle(vm, client_dir, ports, name, CLIENT);
     check_readme_as_written(vm, &client, name);
     let pushed = client.push_and_pull("e2e/hello", "hello from the e2e test\n");
     check_refusals(&client, ports, "e2e/hello");
@@ -722,7 +737,7 @@ fn check_after_reboot(
     name: &str,
 ) -> f64 {
     let t = Instant::now();
-    let client = install_bundle(vm, client_dir, ports, name);
+    let client = install_bundle(vm, client_dir, ports, name, CLIENT);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if client.curl(&[], &client.pull_url("/v2/")).code == 200 {
@@ -787,6 +802,453 @@ fn check_console_names(line: &str, name: &str, ports: Ports) {
             "the ready line does not name {host}: {line}"
         );
     }
+}
+
+// ---- day 2 (issue 11) -------------------------------------------------------------------------
+
+/// The client `client add` makes on the running appliance, then revokes.
+const EXTRA_CLIENT: &str = "e2e-extra";
+/// The timer that runs `regimage renew` daily.
+const RENEW_TIMER: &str = "regimage-renew.timer";
+
+/// Runs `command` as root in the guest and records its wall time measured around the ssh
+/// command as `{stage}_seconds` (and, to tell ssh's share under TCG apart, the time inside
+/// the guest as `{stage}_in_guest_seconds`); returns its stdout and its stderr. Panics
+/// unless it exits 0.
+fn timed_root(vm: &Vm, timings: &mut Timings, stage: &str, command: &str) -> (String, String) {
+    let script = format!(
+        "t0=$(date +%s.%N)\n{command}\nrc=$?\nt1=$(date +%s.%N)\n\
+         echo \"regimage-e2e-in-guest $t0 $t1\" >&2\nexit $rc\n"
+    );
+    let t = Instant::now();
+    let out = vm.root_sh(&script);
+    let wall = secs(t);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "in {} as root: `{command}` failed with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        vm.name,
+        out.status
+    );
+    timings.record(&format!("{stage}_seconds"), wall);
+    let in_guest = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("regimage-e2e-in-guest "))
+        .and_then(|l| {
+            let (a, b) = l.trim().split_once(' ')?;
+            Some(b.parse::<f64>().ok()? - a.parse::<f64>().ok()?)
+        });
+    if let Some(t) = in_guest {
+        timings.record(
+            &format!("{stage}_in_guest_seconds"),
+            (t * 100.0).round() / 100.0,
+        );
+    }
+    let stderr = stderr
+        .lines()
+        .filter(|l| !l.starts_with("regimage-e2e-in-guest "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (stdout, stderr)
+}
+
+/// `command` as root in the guest must exit 2 (a refused day-2 command) and say why.
+fn assert_refused(vm: &Vm, command: &str) {
+    let out = vm.root_sh(command);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "`{command}` did not exit 2\nstdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !stderr.trim().is_empty(),
+        "`{command}` exited 2 without a message"
+    );
+    progress(&format!(
+        "`{command}`: exit 2, {}",
+        stderr.lines().last().unwrap_or("").trim()
+    ));
+}
+
+/// The proxy reload's duration in seconds from `renew`'s output, with the line it is on:
+/// the first line naming a reload that holds a number with a unit (`ms`, `s`; attached to
+/// the number or apart from it).
+fn reload_seconds(output: &str) -> Option<(String, f64)> {
+    output
+        .lines()
+        .filter(|l| l.to_lowercase().contains("reload"))
+        .find_map(|line| {
+            let tokens: Vec<&str> = line
+                .split(|c: char| c.is_whitespace() || "(),;=".contains(c))
+                .filter(|t| !t.is_empty())
+                .collect();
+            tokens.iter().enumerate().find_map(|(i, tok)| {
+                let end = tok
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .unwrap_or(tok.len());
+                let n: f64 = tok[..end].parse().ok()?;
+                let unit = if end < tok.len() {
+                    &tok[end..]
+                } else {
+                    tokens.get(i + 1).copied().unwrap_or("")
+                };
+                let per_second = match unit.trim_end_matches(['.', ':']) {
+                    "s" | "sec" | "secs" | "seconds" => 1.0,
+                    "ms" => 1e3,
+                    "us" | "µs" => 1e6,
+                    _ => return None,
+                };
+                Some((line.trim().to_string(), n / per_second))
+            })
+        })
+}
+
+/// Records the proxy reload a day-2 command reports, if it reports one, as
+/// `{stage}_proxy_reload_seconds`.
+fn record_reload(timings: &mut Timings, stage: &str, output: &str) {
+    if let Some((_, seconds)) = reload_seconds(output) {
+        timings.record(&format!("{stage}_proxy_reload_seconds"), seconds);
+    }
+}
+
+/// A certificate serial as hex digits only: upper case, no `serial=`, colons or leading
+/// zeros (openssl prints `serial=0A1B...`; JSON may spell it otherwise).
+fn serial_hex(text: &str) -> String {
+    let hex: String = text
+        .trim()
+        .trim_start_matches("serial=")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_uppercase();
+    hex.trim_start_matches('0').to_string()
+}
+
+/// The server certificate's serial on disk (the public copy nginx's file is written with).
+fn server_serial(vm: &Vm) -> String {
+    serial_hex(&vm.root_ok("openssl x509 -noout -serial -in /etc/registry/certs/registry.crt"))
+}
+
+/// The serial of the certificate the proxy presents on `port`, asked for `name` from the
+/// host (openssl s_client, no client certificate: the handshake still shows the server's).
+fn presented_serial(ports: Ports, port: u16, name: &str) -> String {
+    let out = run_ok(Command::new("sh").args([
+        "-c",
+        "timeout 30 openssl s_client -connect \"$0\" -servername \"$1\" </dev/null 2>/dev/null \
+         | openssl x509 -noout -serial",
+        &format!("{}:{port}", ports.address),
+        name,
+    ]));
+    serial_hex(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// nginx's main PID (the reload must keep it).
+fn proxy_main_pid(vm: &Vm) -> u32 {
+    let text = vm.root_ok("systemctl show -p MainPID --value registry-proxy.service");
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("registry-proxy's MainPID {text:?}: {e}"));
+    assert!(pid > 0, "registry-proxy.service has no main process");
+    pid
+}
+
+/// Day 2 on the running appliance (issue 11), after every first-boot and reboot check:
+/// - `client add`: the new bundle's README run as written (copied off, unpacked, installed,
+///   checked), then a push with it;
+/// - `client revoke`: its push is refused (400, JSON DENIED), the first client still pushes;
+/// - `renew --force`: a new server serial, the same nginx main PID, pulls still work (the CA
+///   did not change), both ports present the new certificate;
+/// - the renew timer is listed, `status --json` is ready and names the server CA's
+///   fingerprint, the one first boot printed on the console (`ready_line`).
+///
+/// The wall times of the three commands and the proxy reload `renew` reports are timings.
+fn check_day2(
+    vm: &Vm,
+    ports: Ports,
+    work: &Path,
+    name: &str,
+    before: &Snapshot,
+    ready_line: &str,
+    timings: &mut Timings,
+) {
+    let total = Instant::now();
+    let ci = install_bundle(vm, &work.join("day2-ci"), ports, name, CLIENT);
+
+    // client add: a bundle, a key and a certificate of its own, with the modes of ci's.
+    let (added, _) = timed_root(
+        vm,
+        timings,
+        "vm1_day2_client_add",
+        &format!("regimage client add {EXTRA_CLIENT}"),
+    );
+    let bundle = format!("/var/lib/regimage/out/{EXTRA_CLIENT}.tar.gz");
+    let key = format!("/etc/registry/certs/private/client-{EXTRA_CLIENT}.key");
+    let crt = format!("/etc/registry/certs/clients/{EXTRA_CLIENT}.crt");
+    assert!(
+        added.contains(&bundle),
+        "client add did not print the bundle path {bundle}:\n{added}"
+    );
+    record_reload(timings, "vm1_day2_client_add", &added);
+    let stat = vm.root_ok(&format!("stat -c '%n %a %U:%G' {bundle} {key} {crt}"));
+    assert_eq!(
+        stat.lines().map(str::to_string).collect::<Vec<_>>(),
+        [
+            format!("{bundle} 600 root:root"),
+            format!("{key} 600 root:root"),
+            format!("{crt} 644 root:root"),
+        ],
+        "the added client's files"
+    );
+    let extra = install_bundle(vm, &work.join("day2-extra"), ports, name, EXTRA_CLIENT);
+    check_readme_as_written(vm, &extra, name);
+    let extra_digest = extra.push_and_pull("e2e/extra", "pushed by a client added on day 2\n");
+    let extra_auth = [
+        "--cert".to_string(),
+        s(&extra.cert),
+        "--key".to_string(),
+        s(&extra.key),
+    ];
+    let extra_auth: Vec<&str> = extra_auth.iter().map(String::as_str).collect();
+    let reply = extra.curl(&extra_auth, &extra.push_url("/v2/"));
+    assert_eq!(
+        reply.code, 200,
+        "the push port refused the added client: {}",
+        reply.body
+    );
+    progress(&format!("client add {EXTRA_CLIENT}: its bundle pushes"));
+    assert_refused(vm, &format!("regimage client add {EXTRA_CLIENT}"));
+
+    // client revoke: refused from the moment it returns; the first client is not.
+    let (revoked, _) = timed_root(
+        vm,
+        timings,
+        "vm1_day2_client_revoke",
+        &format!("regimage client revoke {EXTRA_CLIENT}"),
+    );
+    record_reload(timings, "vm1_day2_client_revoke", &revoked);
+    let left = vm.root_ok(&format!(
+        "for f in {bundle} {key} {crt}; do test ! -e \"$f\" || echo \"$f\"; done"
+    ));
+    assert!(
+        left.trim().is_empty(),
+        "client revoke left these behind:\n{left}"
+    );
+    let reply = extra.curl(&extra_auth, &extra.push_url("/v2/"));
+    assert_eq!(
+        reply.code, 400,
+        "the push port answered the revoked client: {}",
+        reply.body
+    );
+    client::assert_registry_error(&reply.body, "DENIED");
+    let out = output(extra.skopeo(&extra.home).args([
+        "copy",
+        "--quiet",
+        &format!("oci:{}:v1", s(&extra.src_image("e2e/extra"))),
+        &format!(
+            "docker://{}/e2e/extra-revoked:v1",
+            extra.names.registry(extra.push)
+        ),
+    ]));
+    assert!(
+        !out.status.success(),
+        "a push with the revoked certificate succeeded"
+    );
+    // What it pushed before stays, and anyone still pulls it.
+    assert_eq!(extra.pulled_digest("e2e/extra:v1"), extra_digest);
+    ci.push_and_pull("e2e/day2-ci", "pushed by the first client after a revoke\n");
+    progress(&format!(
+        "client revoke {EXTRA_CLIENT}: its push refused (400 DENIED, skopeo fails), {CLIENT} still pushes"
+    ));
+    assert_refused(vm, &format!("regimage client revoke {EXTRA_CLIENT}"));
+    assert_refused(vm, &format!("regimage client add {EXTRA_CLIENT}"));
+    let list = vm.root_ok("regimage client list --json");
+    let list: serde_json::Value = serde_json::from_str(&list)
+        .unwrap_or_else(|e| panic!("client list --json is not JSON ({e}): {list}"));
+    let entry = |n: &str| {
+        list["clients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("client list lacks {n}: {list:#}"))
+    };
+    let (e, c) = (entry(EXTRA_CLIENT), entry(CLIENT));
+    assert!(
+        e["state"] == "revoked" && e["origin"] == "added" && e["revoked_at"].is_string(),
+        "{EXTRA_CLIENT} in client list: {e:#}"
+    );
+    assert!(
+        c["state"] == "active" && c["origin"] == "config" && c["revoked_at"].is_null(),
+        "{CLIENT} in client list: {c:#}"
+    );
+
+    // renew --force: a new server certificate through a graceful reload.
+    let pid = proxy_main_pid(vm);
+    let old_serial = server_serial(vm);
+    assert_eq!(
+        presented_serial(ports, ports.pull, name),
+        old_serial,
+        "before renew, the pull port presents another certificate than registry.crt"
+    );
+    let ci_serial = serial_hex(&vm.root_ok(&format!(
+        "openssl x509 -noout -serial -in /etc/registry/certs/clients/{CLIENT}.crt"
+    )));
+    let (stdout, stderr) = timed_root(
+        vm,
+        timings,
+        "vm1_day2_renew_force",
+        "regimage renew --force",
+    );
+    let renewed = format!("{stdout}{stderr}");
+    progress(&format!("renew --force printed:\n{}", renewed.trim_end()));
+    let reload = reload_seconds(&renewed);
+    if let Some((line, seconds)) = &reload {
+        timings.record("vm1_day2_proxy_reload_seconds", *seconds);
+        timings.put("vm1_day2_proxy_reload_line", serde_json::json!(line));
+    }
+    let new_serial = server_serial(vm);
+    assert_ne!(
+        new_serial, old_serial,
+        "renew --force left the server serial"
+    );
+    assert_eq!(
+        proxy_main_pid(vm),
+        pid,
+        "the proxy's main PID changed: restarted, not reloaded"
+    );
+    for port in [ports.pull, ports.push] {
+        assert_eq!(
+            presented_serial(ports, port, name),
+            new_serial,
+            "port {port} does not present the renewed certificate"
+        );
+    }
+    // Pulls go on with the trust the client already has: the CA did not change.
+    assert_eq!(
+        ci.pulled_digest("e2e/hello:v1"),
+        before.pushed,
+        "the first image, pulled after renew"
+    );
+    // The certificate the client holds stays valid; the re-issued bundle pushes too.
+    ci.push_and_pull(
+        "e2e/after-renew",
+        "pushed with the old client certificate\n",
+    );
+    let ci_new = install_bundle(vm, &work.join("day2-ci-renewed"), ports, name, CLIENT);
+    let reissued = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(&ci_new.cert),
+    );
+    assert_ne!(
+        serial_hex(&String::from_utf8_lossy(&reissued.stdout)),
+        ci_serial,
+        "renew --force left {CLIENT}'s bundle with its old certificate"
+    );
+    ci_new.push_and_pull("e2e/after-renew-new", "pushed with the re-issued bundle\n");
+    progress(&format!(
+        "renew --force: server serial {old_serial} -> {new_serial}, nginx main PID {pid} kept, \
+         both ports present the new certificate, pulls and pushes go on"
+    ));
+    let (reload_line, _) = reload.unwrap_or_else(|| {
+        panic!("renew --force printed no proxy reload with its duration:\n{renewed}")
+    });
+    progress(&format!("renew's reload line: {reload_line}"));
+
+    // The renew timer, installed and enabled by first boot.
+    let timers = vm.root_ok(&format!(
+        "systemctl list-timers --no-pager {RENEW_TIMER}; systemctl is-enabled {RENEW_TIMER}"
+    ));
+    assert!(
+        timers
+            .lines()
+            .any(|l| l.contains(RENEW_TIMER) && l.contains("regimage-renew.service")),
+        "list-timers does not show {RENEW_TIMER}:\n{timers}"
+    );
+    assert_eq!(
+        timers.lines().last().map(str::trim),
+        Some("enabled"),
+        "{timers}"
+    );
+
+    // status --json: ready, the server CA fingerprint first boot printed on the console.
+    let out = vm.root_sh("regimage status --json");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "status --json is not JSON ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && status["ready"] == true,
+        "status --json ({}): {status:#}",
+        out.status
+    );
+    assert_eq!(
+        status["problems"].as_array().map(Vec::len),
+        Some(0),
+        "status --json: {status:#}"
+    );
+    assert_eq!(
+        status["proxy"]["main_pid"],
+        serde_json::json!(pid),
+        "status --json's proxy: {status:#}"
+    );
+    let ca = fingerprints(vm)["/etc/registry/certs/ca/ca.crt"].to_uppercase();
+    assert_eq!(
+        status["server_ca_sha256"].as_str().map(str::to_uppercase),
+        Some(ca.clone()),
+        "status --json's server_ca_sha256 is not ca.crt's"
+    );
+    assert!(
+        ready_line.contains("server CA SHA-256") && ready_line.to_uppercase().contains(&ca),
+        "first boot's console line lacks `server CA SHA-256 {ca}`: {ready_line}"
+    );
+    let serials: Vec<String> = status["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["serial"].as_str().map(serial_hex))
+        .collect();
+    assert!(
+        serials.contains(&new_serial),
+        "status --json lacks the renewed server serial {new_serial}: {serials:?}"
+    );
+    progress(&format!(
+        "{RENEW_TIMER} listed and enabled; status --json ready, server CA {ca} as on the console; last renew {}",
+        status["last_renew"]
+    ));
+    timings.record("vm1_day2_seconds", secs(total));
+}
+
+#[test]
+fn reload_seconds_reads_a_duration_on_the_reload_line() {
+    let line = "proxy: reloaded in 0.41 s (main PID 1234 kept; transfers in flight finish on the old workers)";
+    let out = format!("proxy: reload pending\nserver certificate: renewed (serial 0A)\n{line}\n");
+    assert_eq!(reload_seconds(&out), Some((line.into(), 0.41)));
+    assert_eq!(
+        reload_seconds("proxy: reloaded in 412 ms").map(|(_, s)| s),
+        Some(0.412)
+    );
+    assert_eq!(
+        reload_seconds("proxy reload: 1.5s.\n").map(|(_, s)| s),
+        Some(1.5)
+    );
+    assert_eq!(
+        reload_seconds("proxy reload (took 20ms)").map(|(_, s)| s),
+        Some(0.02)
+    );
+    assert_eq!(
+        reload_seconds("proxy: reload pending\nclient ci: 30 days left"),
+        None
+    );
+    assert_eq!(serial_hex("serial=00AB:cd\n"), "ABCD");
 }
 
 // ---- the tests ------------------------------------------------------------------------------
@@ -1132,6 +1594,7 @@ fn e2e_qcow2() {
         BAKED_NAME,
     );
     timings.record("vm1_reboot_ssh_to_proxy_ready_seconds", ready);
+    check_day2(&vm1, ports, &work, BAKED_NAME, &snap1, &line, &mut timings);
     vm1.poweroff(Duration::from_secs(120));
     timings.record("total_seconds", secs(total));
 }
