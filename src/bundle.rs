@@ -109,6 +109,10 @@ pub fn render_readme(spec: &BundleSpec<'_>) -> Result<String> {
     context.insert("bundle_path", &spec.bundle_path.display().to_string());
     context.insert("login_known", &spec.login_user.is_some());
     context.insert("ssh_user", spec.login_user.unwrap_or(LOGIN_PLACEHOLDER));
+    context.insert(
+        "copy_off",
+        &copy_off_command(spec.login_user, spec.host, spec.bundle_path, spec.client),
+    );
     context.insert("push_host", &registry_host(spec.host, spec.push_port));
     context.insert("pull_host", &registry_host(spec.host, spec.pull_port));
     context.insert("ca_sha256", &ca_sha256);
@@ -224,9 +228,24 @@ pub fn hosts_toml(host: &str, push: bool) -> String {
     )
 }
 
+/// The command that copies a bundle off the registry `host` as `login` (the README's and
+/// `client add`'s; [`LOGIN_PLACEHOLDER`] when the login is unknown).
+pub fn copy_off_command(
+    login: Option<&str>,
+    host: &str,
+    bundle_path: &Path,
+    client: &str,
+) -> String {
+    format!(
+        "ssh {}@{host} sudo cat {} > {client}.tar.gz",
+        login.unwrap_or(LOGIN_PLACEHOLDER),
+        bundle_path.display()
+    )
+}
+
 /// The cloud image's default user when the machine under `root` runs a distribution regimage
 /// knows and that user exists (a site may have set up another).
-fn cloud_login(root: &Path) -> Option<&'static str> {
+pub fn cloud_login(root: &Path) -> Option<&'static str> {
     let os_release = ["/etc/os-release", "/usr/lib/os-release"]
         .iter()
         .find_map(|p| fs::read_to_string(fsutil::under_root(root, Path::new(p))).ok())?;

@@ -96,7 +96,17 @@ pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<Str
         "client {name}: added (serial {}, ends {})",
         cert.0, cert.1
     );
-    let _ = writeln!(out, "bundle: {bundle} (copy it off as its README.md says)");
+    let _ = writeln!(out, "bundle: {bundle}");
+    let _ = writeln!(
+        out,
+        "copy it off (then follow its README.md): {}",
+        crate::bundle::copy_off_command(
+            crate::bundle::cloud_login(&app.root),
+            &sans.primary_name,
+            &app.config.output_dir.join(format!("{name}.tar.gz")),
+            name
+        )
+    );
     if applied.reloaded.is_some() {
         let _ = writeln!(out, "{}", describe_reload(&applied.reloaded));
     }
