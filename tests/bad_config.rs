@@ -157,3 +157,34 @@ fn check_accepts_defaults_and_init_output() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The day-2 commands on the machine (no --root) read root's keys and index: anyone else gets
+/// exit 2 and one line saying to use sudo, before anything is read or written.
+#[test]
+fn day_two_commands_refuse_a_user_other_than_root() {
+    let bin = regimage().get_program().to_owned();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["renew", "--dry-run"],
+        &["renew"],
+        &["client", "list"],
+        &["client", "add", "someone"],
+        &["client", "revoke", "ci"],
+    ] {
+        // As root (CI), drop to nobody; as anyone else, run as that user.
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&bin);
+            c
+        } else {
+            std::process::Command::new(&bin)
+        };
+        let out = output(cmd.args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("sudo regimage"), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    }
+}

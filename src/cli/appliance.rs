@@ -32,13 +32,13 @@ pub struct ApplianceArgs {
 }
 
 impl ApplianceArgs {
-    /// Loads the config and builds the appliance these flags name. `needs_root`: the
-    /// command changes certificates (root on the machine).
-    pub fn load(&self, needs_root: bool) -> Result<(Config, ApplianceSpec)> {
+    /// Loads the config and builds the appliance these flags name. On the machine (no
+    /// --root) only root may: the keys and the client index are root's alone.
+    pub fn load(&self) -> Result<(Config, ApplianceSpec)> {
         let root = self.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-        if self.root.is_none() && needs_root && !nix::unistd::geteuid().is_root() {
+        if self.root.is_none() && !nix::unistd::geteuid().is_root() {
             return Err(UsageError(
-                "this command changes the appliance's certificates and reloads its proxy: run it as root (sudo regimage ...)".into(),
+                "the appliance's keys and client index are readable by root only, and this command reads or changes them: run it as root (sudo regimage ...)".into(),
             )
             .into());
         }

@@ -49,18 +49,18 @@ impl ClientArgs {
                 reissue_revoked,
                 appliance,
             } => {
-                let (config, spec) = appliance.load(true)?;
+                let (config, spec) = appliance.load()?;
                 print!(
                     "{}",
                     clients::add(&spec.appliance(&config)?, &name, reissue_revoked)?
                 );
             }
             ClientCommand::Revoke { name, appliance } => {
-                let (config, spec) = appliance.load(true)?;
+                let (config, spec) = appliance.load()?;
                 print!("{}", clients::revoke(&spec.appliance(&config)?, &name)?);
             }
             ClientCommand::List { json, appliance } => {
-                let (config, spec) = appliance.load(false)?;
+                let (config, spec) = appliance.load()?;
                 let list = clients::list(&spec.appliance(&config)?)?;
                 if json {
                     let doc = serde_json::json!({ "clients": list });

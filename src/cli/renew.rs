@@ -21,7 +21,7 @@ pub struct RenewArgs {
 
 impl RenewArgs {
     pub fn run(self) -> Result<()> {
-        let (config, spec) = self.appliance.load(!self.dry_run)?;
+        let (config, spec) = self.appliance.load()?;
         let app = spec.appliance(&config)?;
         if !app.first_boot_done() {
             println!("first boot has not finished on this machine: nothing to renew yet");

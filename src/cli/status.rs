@@ -18,7 +18,7 @@ pub struct StatusArgs {
 impl StatusArgs {
     /// Exit status 1 when something needs the operator (the problems listed).
     pub fn run(self) -> Result<()> {
-        let (config, spec) = self.appliance.load(false)?;
+        let (config, spec) = self.appliance.load()?;
         let app = spec.appliance(&config)?;
         let status = status::gather(&app)?;
         if self.json {
