@@ -503,18 +503,22 @@ fn rendered_nginx_conf_passes_nginx_t_and_answers_with_json_errors() {
         "{}",
         r.body
     );
+    // An upload start on `url` as `client` (its certificate and key from the layout).
+    let upload_as = |client: &str, url: &str| {
+        curl(&[
+            "--cacert",
+            &ca,
+            "--cert",
+            &s(&p(&certs, &format!("clients/{client}.crt"))),
+            "--key",
+            &s(&p(&certs, &format!("private/client-{client}.key"))),
+            "-X",
+            "POST",
+            &format!("{url}x/blobs/uploads/"),
+        ])
+    };
     // With the client certificate, the request gets through to the (absent) registry.
-    let r = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &s(&p(&certs, "clients/ci.crt")),
-        "--key",
-        &s(&p(&certs, "private/client-ci.key")),
-        "-X",
-        "POST",
-        &format!("{push_url}x/blobs/uploads/"),
-    ]);
+    let r = upload_as("ci", &push_url);
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (502, "UNAVAILABLE"),
@@ -522,17 +526,7 @@ fn rendered_nginx_conf_passes_nginx_t_and_answers_with_json_errors() {
         r.body
     );
     // A certificate of the same CA that the CRL lists: the same JSON 400 as none at all.
-    let r = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &s(&p(&certs, "clients/gone.crt")),
-        "--key",
-        &s(&p(&certs, "private/client-gone.key")),
-        "-X",
-        "POST",
-        &format!("{push_url}x/blobs/uploads/"),
-    ]);
+    let r = upload_as("gone", &push_url);
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (400, "DENIED"),
