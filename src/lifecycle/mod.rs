@@ -35,7 +35,8 @@ pub const CLIENT_INDEX_PATH: &str = "/var/lib/regimage/clients.json";
 /// The last `regimage renew` run and its result.
 pub const RENEW_RECORD_PATH: &str = "/var/lib/regimage/renew.json";
 /// Exists while a file the proxy serves may have changed and the proxy has not been
-/// reloaded since: a run stopped between the two reloads at the next run.
+/// reloaded since: a run stopped between the change and the reload leaves it, and the next
+/// run reloads.
 pub const RELOAD_PENDING_PATH: &str = "/var/lib/regimage/proxy-reload.pending";
 /// Held (flock) by every command that changes certificates.
 const LOCK_PATH: &str = "/var/lib/regimage/lifecycle.lock";
@@ -106,7 +107,7 @@ impl Appliance<'_> {
                     .with_context(|| format!("locking {}", path.display()))?
             }
         };
-        Ok(Lock(lock))
+        Ok(Lock { _held: lock })
     }
 
     pub fn load_index(&self) -> Result<Index> {
@@ -119,7 +120,9 @@ impl Appliance<'_> {
 }
 
 /// The lifecycle lock, released when dropped.
-pub struct Lock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+pub struct Lock {
+    _held: nix::fcntl::Flock<File>,
+}
 
 /// What [`certify`] should do beyond converging.
 #[derive(Debug, Clone, Copy, Default)]
