@@ -145,11 +145,7 @@ pub fn revoke(app: &Appliance<'_>, name: &str) -> Result<String> {
         Some((State::Active, _)) => {}
     }
     // The certificate on disk may be one a stopped run did not record yet.
-    if let Ok(pem) = std::fs::read_to_string(app.pki_paths().client_cert(name)) {
-        if let Ok((serial, end)) = crate::pki::serial_and_end(&pem) {
-            index.record(name, &serial, &end);
-        }
-    }
+    super::record_current(&mut index, &app.pki_paths(), name);
     let serials = index.revoke(name, app.now);
     app.save_index(&index)?;
     let sans = sans(app)?;

@@ -216,7 +216,7 @@ pub fn certify(app: &Appliance<'_>, sans: &Sans, opts: CertifyOptions) -> Result
 
 /// Puts the serial of `name`'s certificate on disk into the index (a certificate written by
 /// a run stopped before it recorded it).
-fn record_current(index: &mut Index, paths: &PkiPaths, name: &str) {
+pub(super) fn record_current(index: &mut Index, paths: &PkiPaths, name: &str) {
     let Ok(pem) = std::fs::read_to_string(paths.client_cert(name)) else {
         return;
     };

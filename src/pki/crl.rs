@@ -63,26 +63,24 @@ pub(super) fn ensure_crl(
     let mut wanted: Vec<String> = revoked.iter().map(|r| r.serial.clone()).collect();
     wanted.sort();
     wanted.dedup();
-    let reason = match read_optional(path)? {
+    let existing = read_optional(path)?;
+    let existed = existing.is_some();
+    let reason = match existing.map(|pem| parse_crl(&pem, &client_ca.der)) {
         None => None,
-        Some(pem) => match parse_crl(&pem, &client_ca.der) {
-            Err(e) => Some(format!("it does not parse ({e:#})")),
-            Ok(info) => crl_due(&info, &wanted, now, force),
+        Some(Err(e)) => Some(format!("it does not parse ({e:#})")),
+        Some(Ok(info)) => match crl_due(&info, &wanted, now, force) {
+            None => {
+                set_mode(path, CERT_MODE, None)?;
+                return Ok(CrlReport {
+                    action: Action::Kept,
+                    reason: None,
+                    next_update: info.next_update.unwrap_or(info.this_update),
+                    revoked: info.serials.len(),
+                });
+            }
+            reason => reason,
         },
     };
-    let existed = path.exists();
-    if existed && reason.is_none() {
-        set_mode(path, CERT_MODE, None)?;
-        let pem =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let info = parse_crl(&pem, &client_ca.der)?;
-        return Ok(CrlReport {
-            action: Action::Kept,
-            reason: None,
-            next_update: info.next_update.unwrap_or(info.this_update),
-            revoked: info.serials.len(),
-        });
-    }
     let pem = sign_crl(client_ca, revoked, now)?;
     write(path, pem.as_bytes(), CERT_MODE, None)?;
     Ok(CrlReport {
