@@ -90,30 +90,15 @@ impl Proxy {
             });
         }
         let Some(main_pid) = self.main_pid()? else {
-            if let Proxy::Command { command, .. } = self {
+            if matches!(self, Proxy::Command { .. }) {
                 // A test's proxy whose PID file is elsewhere: reload it, without the wait.
-                Task::new("reloading the TLS proxy", "sh")
-                    .arg("-c")
-                    .arg(command)
-                    .run()
-                    .context("reloading the TLS proxy")?;
+                self.send_reload()?;
             }
             return Ok(Reloaded::NotRunning);
         };
         let old = workers(main_pid);
         let started = Instant::now();
-        match self {
-            Proxy::Systemd => Task::new("reloading the TLS proxy", "systemctl")
-                .args(["reload", PROXY_UNIT])
-                .run()
-                .context("reloading the TLS proxy (systemctl reload registry-proxy.service; journalctl -u registry-proxy.service says why)")?,
-            Proxy::Command { command, .. } => Task::new("reloading the TLS proxy", "sh")
-                .arg("-c")
-                .arg(command)
-                .run()
-                .context("reloading the TLS proxy")?,
-            _ => {}
-        }
+        self.send_reload()?;
         loop {
             if new_files_taken(main_pid, &old) {
                 return Ok(Reloaded::Done {
@@ -128,6 +113,22 @@ impl Proxy {
                 );
             }
             std::thread::sleep(POLL);
+        }
+    }
+
+    /// Asks the proxy to reload (returns once the request is sent, not once it took).
+    fn send_reload(&self) -> Result<()> {
+        match self {
+            Proxy::Systemd => Task::new("reloading the TLS proxy", "systemctl")
+                .args(["reload", PROXY_UNIT])
+                .run()
+                .context("reloading the TLS proxy (systemctl reload registry-proxy.service; journalctl -u registry-proxy.service says why)"),
+            Proxy::Command { command, .. } => Task::new("reloading the TLS proxy", "sh")
+                .arg("-c")
+                .arg(command)
+                .run()
+                .context("reloading the TLS proxy"),
+            _ => Ok(()),
         }
     }
 }
