@@ -34,6 +34,24 @@ pub struct Sans {
     pub ip_addresses: Vec<IpAddr>,
 }
 
+impl Sans {
+    /// The wanted names and addresses that a certificate carrying `dns_names` and
+    /// `ip_addresses` lacks, as text (a certificate may carry more: that is fine).
+    pub fn missing_in(&self, dns_names: &[String], ip_addresses: &[IpAddr]) -> Vec<String> {
+        self.dns_names
+            .iter()
+            .filter(|n| !dns_names.contains(n))
+            .cloned()
+            .chain(
+                self.ip_addresses
+                    .iter()
+                    .filter(|ip| !ip_addresses.contains(ip))
+                    .map(IpAddr::to_string),
+            )
+            .collect()
+    }
+}
+
 impl HostFacts {
     /// Reads the host name, the FQDN (best effort) and the interface addresses.
     pub fn gather() -> HostFacts {

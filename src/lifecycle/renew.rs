@@ -214,18 +214,7 @@ fn dry_run(app: &Appliance<'_>, sans: Option<Sans>) -> Result<String> {
     }
     if let Some(sans) = sans {
         let server = super::status::sans_of_server_cert(app)?;
-        let missing: Vec<String> = sans
-            .dns_names
-            .iter()
-            .filter(|n| !server.dns_names.contains(n))
-            .cloned()
-            .chain(
-                sans.ip_addresses
-                    .iter()
-                    .filter(|ip| !server.ip_addresses.contains(ip))
-                    .map(|ip| ip.to_string()),
-            )
-            .collect();
+        let missing = sans.missing_in(&server.dns_names, &server.ip_addresses);
         if !missing.is_empty() {
             let _ = writeln!(
                 out,

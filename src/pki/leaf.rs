@@ -191,19 +191,7 @@ pub(super) fn check_leaf(
     }
     if let Some(wanted) = spec.sans {
         let (dns, ips) = cert_sans(&x509);
-        let missing: Vec<String> = wanted
-            .dns_names
-            .iter()
-            .filter(|n| !dns.contains(n))
-            .cloned()
-            .chain(
-                wanted
-                    .ip_addresses
-                    .iter()
-                    .filter(|ip| !ips.contains(ip))
-                    .map(IpAddr::to_string),
-            )
-            .collect();
+        let missing = wanted.missing_in(&dns, &ips);
         if !missing.is_empty() {
             return invalid(format!("it does not name {}", missing.join(", ")));
         }
