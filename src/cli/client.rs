@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::appliance::ApplianceArgs;
-use crate::lifecycle::clients;
+use crate::lifecycle::{clients, status};
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -69,7 +69,7 @@ impl ClientArgs {
                         serde_json::to_string_pretty(&doc).context("encoding the list")?
                     );
                 } else {
-                    print!("{}", clients::render_list(&list));
+                    print!("{}", status::render_clients(&list));
                 }
             }
         }

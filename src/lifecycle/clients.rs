@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use super::index::{Origin, State};
 use super::renew::current_sans;
-use super::status::{client_entries, render_clients, sans_of_server_cert, ClientEntry};
+use super::status::{client_entries, sans_of_server_cert, ClientEntry};
 use super::{apply, bundle_path, describe_reload, Appliance, CertifyOptions};
 use crate::config::check_client_name;
 use crate::error::UsageError;
@@ -168,9 +168,4 @@ pub fn revoke(app: &Appliance<'_>, name: &str) -> Result<String> {
 pub fn list(app: &Appliance<'_>) -> Result<Vec<ClientEntry>> {
     let index = app.load_index()?;
     Ok(client_entries(app, &index))
-}
-
-/// `client list` for people.
-pub fn render_list(clients: &[ClientEntry]) -> String {
-    render_clients(clients)
 }

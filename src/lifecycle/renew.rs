@@ -224,11 +224,11 @@ fn dry_run(app: &Appliance<'_>, sans: Option<Sans>) -> Result<String> {
         }
     }
     if let Some(crl) = &status.crl {
-        let resign = crl
+        let next_update = crl
             .next_update
             .as_deref()
-            .and_then(|t| super::index::parse_time(t).ok())
-            .is_none_or(|t| t - app.now < time::Duration::days(pki::CRL_RESIGN_WITHIN_DAYS));
+            .and_then(|t| super::index::parse_time(t).ok());
+        let resign = pki::crl_near_end(next_update, app.now);
         let _ = writeln!(
             out,
             "CRL: {} (next update {})",

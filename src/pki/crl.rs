@@ -112,13 +112,18 @@ fn crl_due(info: &CrlInfo, wanted: &[String], now: OffsetDateTime, force: bool) 
     }
     match info.next_update {
         None => Some("it has no nextUpdate".into()),
-        Some(next) if next - now < Duration::days(CRL_RESIGN_WITHIN_DAYS) => Some(format!(
+        Some(next) if crl_near_end(Some(next), now) => Some(format!(
             "its nextUpdate {} is {}",
             rfc3339(next),
             if next <= now { "past" } else { "near" }
         )),
         Some(_) => None,
     }
+}
+
+/// Whether a CRL with this nextUpdate is signed again at `now` (none at all: yes).
+pub fn crl_near_end(next_update: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+    next_update.is_none_or(|next| next - now < Duration::days(CRL_RESIGN_WITHIN_DAYS))
 }
 
 /// A CRL of `revoked`, signed by `client_ca` at `now`, as PEM.

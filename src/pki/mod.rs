@@ -28,7 +28,8 @@ use crate::fsutil;
 use crate::identity::Sans;
 
 pub use crl::{
-    parse_crl, read_crl, CrlInfo, CrlReport, Revoked, CRL_RESIGN_WITHIN_DAYS, CRL_VALIDITY_DAYS,
+    crl_near_end, parse_crl, read_crl, CrlInfo, CrlReport, Revoked, CRL_RESIGN_WITHIN_DAYS,
+    CRL_VALIDITY_DAYS,
 };
 pub use keys::generate_key;
 pub use layout::{PkiPaths, CERTS_DIR};
