@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use time::Duration;
 
@@ -12,7 +12,7 @@ use super::renew::{last_record, RenewRecord};
 use super::{Appliance, RELOAD_PENDING_PATH};
 use crate::bundle;
 use crate::identity::Sans;
-use crate::pki::{self, fingerprint, rfc3339};
+use crate::pki::{self, rfc3339, CertFacts};
 
 /// A certificate this close to its end while renew fails needs the operator.
 const URGENT_DAYS: i64 = 7;
@@ -127,19 +127,11 @@ pub fn gather(app: &Appliance<'_>) -> Result<Status> {
                 continue;
             }
         };
-        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        let (_, x509) = x509_parser::parse_x509_certificate(&block.contents)
-            .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
-        let end = x509.validity().not_after.to_datetime();
+        let facts =
+            CertFacts::from_pem(&pem).with_context(|| format!("reading {}", path.display()))?;
+        let end = facts.not_after;
         let left = end - app.now;
-        let name = x509
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let name = facts.cn.unwrap_or_default();
         let label = format!("{role} certificate {name}");
         if left <= Duration::ZERO {
             problems.push(format!("{label} ended on {}", rfc3339(end)));
@@ -163,13 +155,13 @@ pub fn gather(app: &Appliance<'_>) -> Result<Status> {
             ));
         }
         if role == "server-ca" {
-            server_ca_sha256 = fingerprint(&block.contents);
+            server_ca_sha256 = facts.sha256.clone();
         }
         certificates.push(Certificate {
             role: role.to_string(),
             name,
-            serial: hex::encode(x509.raw_serial()),
-            sha256: fingerprint(&block.contents),
+            serial: facts.serial,
+            sha256: facts.sha256,
             not_after: rfc3339(end),
             days_left: left.whole_days(),
         });

@@ -15,7 +15,7 @@ use x509_parser::extensions::GeneralName;
 use super::ca::{subject, LoadedCa};
 use super::keys::{generate_key, is_rsa, key_matches, random_serial};
 use super::layout::{read_optional, set_mode, write, CERT_MODE};
-use super::report::{pem_to_der, rfc3339, Action, PkiReport};
+use super::report::{common_name, pem_to_der, rfc3339, Action, PkiReport};
 use super::BACKDATE;
 use crate::config::{Config, KeyAlgorithm};
 use crate::identity::Sans;
@@ -240,12 +240,7 @@ pub fn served_sans(path: &Path) -> Result<Sans> {
     let (_, x509) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
     let (dns_names, ip_addresses) = cert_sans(&x509);
-    let primary_name = x509
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string)
+    let primary_name = common_name(&x509)
         .or_else(|| dns_names.first().cloned())
         .or_else(|| ip_addresses.first().map(IpAddr::to_string))
         .unwrap_or_default();

@@ -33,7 +33,9 @@ pub use crl::{
 };
 pub use keys::generate_key;
 pub use layout::{PkiPaths, CERTS_DIR};
-pub use report::{fingerprint, rfc3339, serial_and_end, Action, CertReport, FileReport, PkiReport};
+pub use report::{
+    fingerprint, rfc3339, serial_and_end, Action, CertFacts, CertReport, FileReport, PkiReport,
+};
 
 use ca::{ensure_ca, limited_cn, load_ca, CaSpec};
 use layout::{set_group, CERT_MODE, DIR_MODE, KEY_MODE, PRIVATE_DIR_MODE, PROXY_READABLE_MODE};

@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
 
 /// What happened to a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,26 +93,58 @@ impl PkiReport {
         der: &[u8],
         action: Action,
     ) -> Result<()> {
-        let (_, x509) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
-        let name = x509
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .unwrap_or(fallback)
-            .to_string();
+        let facts =
+            CertFacts::from_der(der).with_context(|| format!("parsing {}", path.display()))?;
         self.certificates.push(CertReport {
             role,
-            name,
+            name: facts.cn.unwrap_or_else(|| fallback.to_string()),
             path: path.to_path_buf(),
             action,
-            sha256: fingerprint(der),
-            serial: hex::encode(x509.raw_serial()),
-            not_after: rfc3339(x509.validity().not_after.to_datetime()),
+            sha256: facts.sha256,
+            serial: facts.serial,
+            not_after: rfc3339(facts.not_after),
         });
         Ok(())
     }
+}
+
+/// What a certificate says of itself, as reports and `status` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// The subject's CN, when it has one.
+    pub cn: Option<String>,
+    /// Lowercase hex of the serial's bytes.
+    pub serial: String,
+    /// SHA-256 of the DER ([`fingerprint`]).
+    pub sha256: String,
+    pub not_after: OffsetDateTime,
+}
+
+impl CertFacts {
+    pub fn from_der(der: &[u8]) -> Result<CertFacts> {
+        let (_, x509) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| anyhow::anyhow!("parsing the certificate: {e}"))?;
+        Ok(CertFacts {
+            cn: common_name(&x509),
+            serial: hex::encode(x509.raw_serial()),
+            sha256: fingerprint(der),
+            not_after: x509.validity().not_after.to_datetime(),
+        })
+    }
+
+    /// The first certificate in `pem`.
+    pub fn from_pem(pem: &str) -> Result<CertFacts> {
+        CertFacts::from_der(&pem_to_der(pem)?)
+    }
+}
+
+/// The subject's CN of a certificate, when it has one.
+pub(super) fn common_name(x509: &X509Certificate<'_>) -> Option<String> {
+    x509.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string)
 }
 
 /// The DER of the first certificate in `pem`.
@@ -143,11 +176,6 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// The serial (lowercase hex) and the end (RFC 3339) of the first certificate in `pem`.
 pub fn serial_and_end(pem: &str) -> Result<(String, String)> {
-    let der = pem_to_der(pem)?;
-    let (_, x509) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| anyhow::anyhow!("parsing the certificate: {e}"))?;
-    Ok((
-        hex::encode(x509.raw_serial()),
-        rfc3339(x509.validity().not_after.to_datetime()),
-    ))
+    let facts = CertFacts::from_pem(pem)?;
+    Ok((facts.serial, rfc3339(facts.not_after)))
 }
