@@ -86,6 +86,18 @@ pub struct Ctx<'a> {
     pub notes: Vec<String>,
 }
 
+/// First boot's clock for the bounded waits of `cluster` (tests fake it through System).
+pub(super) struct SysClock<'a>(pub(super) &'a dyn System);
+
+impl crate::cluster::wait::Clock for SysClock<'_> {
+    fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+    fn sleep(&self, d: Duration) {
+        self.0.sleep(d)
+    }
+}
+
 impl<'a> Ctx<'a> {
     pub fn new(sys: &'a dyn System, root: &'a Path, config: &'a Config, opts: &'a Options) -> Self {
         Ctx {
