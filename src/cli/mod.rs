@@ -8,6 +8,7 @@ mod appliance;
 mod build;
 mod check;
 mod client;
+mod cluster;
 mod fetch_image;
 mod firstboot;
 mod init;
@@ -28,6 +29,7 @@ pub use appliance::ApplianceArgs;
 pub use build::{BuildArgs, BuildFormat, Qcow2Args, UserDataArgs};
 pub use check::CheckArgs;
 pub use client::{ClientArgs, ClientCommand};
+pub use cluster::{ClusterArgs, ClusterCommand};
 pub use fetch_image::FetchImageArgs;
 pub use firstboot::FirstbootArgs;
 pub use init::InitArgs;
@@ -77,6 +79,8 @@ pub enum Command {
     Renew(RenewArgs),
     /// Add, revoke or list the clients allowed to push.
     Client(ClientArgs),
+    /// Share client additions and revocations with the other nodes of a cluster.
+    Cluster(ClusterArgs),
     /// Whether the registry is ready, its certificates, CRL and clients (exit 1: needs you).
     Status(StatusArgs),
 }
@@ -137,6 +141,7 @@ fn run(command: Command) -> Result<()> {
         Command::Firstboot(args) => args.run(),
         Command::Renew(args) => args.run(),
         Command::Client(args) => args.run(),
+        Command::Cluster(args) => args.run(),
         Command::Status(args) => args.run(),
     }
 }

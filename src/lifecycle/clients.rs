@@ -31,7 +31,7 @@ fn check_name(name: &str) -> Result<(), UsageError> {
 
 /// The server's SANs for a run: this machine's now, or the certificate's own when the
 /// network is not up.
-fn sans(app: &Appliance<'_>) -> Result<Sans> {
+pub(super) fn sans(app: &Appliance<'_>) -> Result<Sans> {
     match current_sans(app)? {
         Some(sans) => Ok(sans),
         None => sans_of_server_cert(app),
@@ -110,6 +110,9 @@ pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<Str
     if applied.reloaded.is_some() {
         let _ = writeln!(out, "{}", describe_reload(&applied.reloaded));
     }
+    if let Some(line) = super::cluster::publish_after_change(app) {
+        let _ = writeln!(out, "{line}");
+    }
     Ok(out)
 }
 
@@ -145,7 +148,7 @@ pub fn revoke(app: &Appliance<'_>, name: &str) -> Result<String> {
         Some((State::Active, _)) => {}
     }
     // The certificate on disk may be one a stopped run did not record yet.
-    super::record_current(&mut index, &app.pki_paths(), name);
+    super::record_current(&mut index, &app.pki_paths(), name, app.now);
     let serials = index.revoke(name, app.now);
     app.save_index(&index)?;
     let sans = sans(app)?;
@@ -161,6 +164,9 @@ pub fn revoke(app: &Appliance<'_>, name: &str) -> Result<String> {
     );
     let _ = writeln!(out, "removed {}", bundle_path(app, name).display());
     let _ = writeln!(out, "{}", describe_reload(&applied.reloaded));
+    if let Some(line) = super::cluster::publish_after_change(app) {
+        let _ = writeln!(out, "{line}");
+    }
     Ok(out)
 }
 

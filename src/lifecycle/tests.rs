@@ -372,6 +372,7 @@ fn a_crl_with_1000_revoked_serials() {
             &name,
             &format!("{:032x}", u128::from(i) + (1u128 << 120)),
             "2099-01-01T00:00:00Z",
+            app.now,
         );
         index.revoke(&name, app.now);
     }
