@@ -170,6 +170,12 @@ fn a_revoke_and_an_add_on_one_node_reach_the_other() {
         .root
         .join("etc/registry/certs/private/client-web.key")
         .exists());
+    // B does not issue web a bundle of its own by accident.
+    let out = output(&mut b.regimage(&["client", "add", "web"]));
+    print_run("B: client add web", &out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("added on another node"));
+    assert!(!b.root.join("var/lib/regimage/out/web.tar.gz").exists());
     // B's state: node-id 0600 in a 0700 directory.
     let id = b.root.join("var/lib/regimage/cluster/node-id");
     assert_eq!(mode(&id), 0o600);

@@ -44,8 +44,20 @@ pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<Str
     let _lock = app.lock()?;
     app.require_certificates()?;
     let mut index = app.load_index()?;
-    match index.get(name).map(|c| (c.state, c.revoked_at.clone())) {
-        Some((State::Active, _)) => {
+    match index
+        .get(name)
+        .map(|c| (c.state, c.origin, c.revoked_at.clone()))
+    {
+        Some((State::Active, Origin::Cluster, _)) => {
+            return Err(UsageError(format!(
+                "client {name} was added on another node of the cluster: its key and bundle \
+                 are there (`regimage client list` on that node). To give it a bundle from \
+                 this node, revoke it (`regimage client revoke {name}`) and add it again \
+                 with --reissue-revoked"
+            ))
+            .into());
+        }
+        Some((State::Active, _, _)) => {
             // An add stopped after it was recorded: finish it rather than refuse.
             let applied = apply(app, &sans(app)?, CertifyOptions::default())?;
             if applied.changed_anything() {
@@ -62,7 +74,7 @@ pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<Str
             ))
             .into());
         }
-        Some((State::Revoked, at)) if !reissue_revoked => {
+        Some((State::Revoked, _, at)) if !reissue_revoked => {
             return Err(UsageError(format!(
                 "client {name} was revoked ({}); a revoked name is not issued again by \
                  accident. To issue it a new certificate on purpose: regimage client add \

@@ -62,7 +62,8 @@ fn merge_client(client: &mut Client, remote: &[&Client]) {
         // Oldest first, whichever node's they are: the same list on every node.
         client.certificates.extend(added);
         client.certificates.sort_by(|a, b| {
-            (time_of(&a.issued_at), &a.serial).cmp(&(time_of(&b.issued_at), &b.serial))
+            (time_of(a.issued_at.as_deref()), &a.serial)
+                .cmp(&(time_of(b.issued_at.as_deref()), &b.serial))
         });
     }
 
@@ -75,11 +76,9 @@ fn merge_client(client: &mut Client, remote: &[&Client]) {
         .iter()
         .map(|c| c.issued_at.clone())
         .fold(None, latest);
-    let revoked = match (&revoked_at, &issued_at) {
-        (None, _) => false,
-        (Some(_), None) => true,
-        (Some(r), Some(i)) => time_of(&Some(r.clone())) >= time_of(&Some(i.clone())),
-    };
+    // An unset issue time is older than any revocation (None < Some).
+    let revoked =
+        revoked_at.is_some() && time_of(revoked_at.as_deref()) >= time_of(issued_at.as_deref());
     if revoked {
         client.state = State::Revoked;
         client.revoked_at = revoked_at.clone();
@@ -99,28 +98,20 @@ fn merge_client(client: &mut Client, remote: &[&Client]) {
 }
 
 /// A time for ordering: unset (or unreadable) is older than any.
-fn time_of(text: &Option<String>) -> Option<OffsetDateTime> {
-    text.as_deref().and_then(|t| parse_time(t).ok())
+fn time_of(text: Option<&str>) -> Option<OffsetDateTime> {
+    text.and_then(|t| parse_time(t).ok())
 }
 
 fn earliest(a: Option<String>, b: Option<String>) -> Option<String> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(if time_of(&Some(b.clone())) < time_of(&Some(a.clone())) {
-            b
-        } else {
-            a
-        }),
+        (Some(a), Some(b)) if time_of(Some(&b)) < time_of(Some(&a)) => Some(b),
         (a, b) => a.or(b),
     }
 }
 
 fn latest(a: Option<String>, b: Option<String>) -> Option<String> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(if time_of(&Some(b.clone())) > time_of(&Some(a.clone())) {
-            b
-        } else {
-            a
-        }),
+        (Some(a), Some(b)) if time_of(Some(&b)) > time_of(Some(&a)) => Some(b),
         (a, b) => a.or(b),
     }
 }
@@ -252,7 +243,8 @@ mod tests {
         assert_eq!(ab, ba);
         assert_eq!(merge(&ab, &[a.clone(), b.clone(), c.clone()]), ab);
         let set = |i: &Index| {
-            let mut v: Vec<(String, State, Vec<(String, Option<String>)>)> = i
+            type Certs = Vec<(String, Option<String>)>;
+            let mut v: Vec<(String, State, Certs)> = i
                 .clients
                 .iter()
                 .map(|c| {
@@ -277,7 +269,7 @@ mod tests {
         assert_eq!(client(&ab, "zz").state, State::Revoked);
         assert_eq!(ab.revoked_serials().len(), 4, "01, 0a, 0b, 0c: {ab:#?}");
         // Every node ends with the same clients and certificates.
-        let on_a = merge(&merge(&a, &[local, c]), &[ab.clone()]);
+        let on_a = merge(&merge(&a, &[local, c]), std::slice::from_ref(&ab));
         assert_eq!(set(&on_a), set(&ab));
     }
 }
