@@ -15,8 +15,8 @@ pub struct ClusterArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Take in the client additions and revocations of the other nodes, and publish this
-    /// node's (every 30 s, by regimage-cluster-sync.timer).
+    /// Take in the other nodes' client changes and publish this node's (every 30 s, by
+    /// regimage-cluster-sync.timer).
     Sync {
         #[command(flatten)]
         appliance: ApplianceArgs,
