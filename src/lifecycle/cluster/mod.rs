@@ -78,7 +78,7 @@ fn other_states(registry: &Registry, own: &str) -> Result<Vec<(String, Index)>> 
     let mut out = Vec::new();
     let mut tags = registry
         .tags()
-        .context("listing the nodes of the cluster")?;
+        .context("listing the nodes of the cluster (is the registry up? `regimage status` says)")?;
     tags.sort();
     for tag in tags
         .into_iter()
