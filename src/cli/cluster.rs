@@ -9,6 +9,7 @@ use super::appliance::ApplianceArgs;
 use crate::bundle;
 use crate::cluster::join::{JoinFile, DEFAULT_FILE_NAME};
 use crate::fsutil;
+use crate::lifecycle::cluster;
 
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
@@ -27,7 +28,20 @@ pub enum ClusterCommand {
         #[command(flatten)]
         appliance: ApplianceArgs,
     },
+    /// Take in the other nodes' client changes and publish this node's (every 30 s, by
+    /// regimage-cluster-sync.timer).
+    Sync {
+        #[command(flatten)]
+        appliance: ApplianceArgs,
+        /// Tests (with --root): act as if the registry's storage were shared (two trees on
+        /// one filesystem registry stand for two nodes).
+        #[arg(long, hide = true, requires = "root")]
+        shared_storage: bool,
+    },
 }
+
+/// Where a joining node's site config usually points `cluster.join-file` (README).
+const JOIN_FILE_ON_NODE: &str = "/etc/regimage/cluster-join.json";
 
 impl ClusterArgs {
     pub fn run(self) -> Result<()> {
@@ -39,18 +53,33 @@ impl ClusterArgs {
                 let shown = output.unwrap_or_else(|| config.output_dir.join(DEFAULT_FILE_NAME));
                 join.write(&fsutil::under_root(&app.root, &shown))?;
                 let host = config.cluster.name.as_deref().unwrap_or("THIS-NODE");
-                let login = bundle::cloud_login(&app.root);
-                let wanted = "/etc/regimage/cluster-join.json";
+                let copy = bundle::copy_off_command(
+                    bundle::cloud_login(&app.root),
+                    host,
+                    &shown,
+                    "cluster-join",
+                )
+                .replace("cluster-join.tar.gz", "cluster-join.json");
                 println!(
                     "wrote {} (0600: both CA keys and the HTTP secret; treat it like the CA keys \
                      and delete copies once the node has joined)\n\
-                     copy it off:  {}\n\
-                     on the new node (its site config sets cluster.join-file: {wanted}):\n  \
-                     sudo install -m 0600 -o root -g root cluster-join.json {wanted}",
+                     copy it off:  {copy}\n\
+                     on the new node (its site config sets cluster.join-file: {JOIN_FILE_ON_NODE}):\n  \
+                     sudo install -m 0600 -o root -g root cluster-join.json {JOIN_FILE_ON_NODE}",
                     shown.display(),
-                    bundle::copy_off_command(login, host, &shown, "cluster-join")
-                        .replace("cluster-join.tar.gz", "cluster-join.json"),
                 );
+            }
+            ClusterCommand::Sync {
+                appliance,
+                shared_storage,
+            } => {
+                let (config, spec) = appliance.load()?;
+                let app = spec.appliance(&config)?;
+                if !app.first_boot_done() {
+                    println!("first boot has not finished on this machine: nothing to sync yet");
+                    return Ok(());
+                }
+                print!("{}", cluster::sync(&app, shared_storage)?);
             }
         }
         Ok(())

@@ -81,7 +81,8 @@ pub enum Command {
     Client(ClientArgs),
     /// Whether the registry is ready, its certificates, CRL and clients (exit 1: needs you).
     Status(StatusArgs),
-    /// Several nodes on shared S3 storage: export the join file for a new node.
+    /// Several nodes on shared S3 storage: export the join file for a new node, share
+    /// client additions and revocations between nodes.
     Cluster(ClusterArgs),
 }
 

@@ -48,6 +48,10 @@ pub const FIRSTBOOT_UNIT_PATH: &str = "/etc/systemd/system/regimage-firstboot.se
 pub const RENEW_SERVICE_PATH: &str = "/etc/systemd/system/regimage-renew.service";
 /// Starts [`RENEW_SERVICE_PATH`] daily; first boot enables and starts it.
 pub const RENEW_TIMER_PATH: &str = "/etc/systemd/system/regimage-renew.timer";
+/// The cluster oneshot: `regimage cluster sync` (issue 12).
+pub const CLUSTER_SYNC_SERVICE_PATH: &str = "/etc/systemd/system/regimage-cluster-sync.service";
+/// Starts [`CLUSTER_SYNC_SERVICE_PATH`] every 30 s; first boot enables it with s3 storage.
+pub const CLUSTER_SYNC_TIMER_PATH: &str = "/etc/systemd/system/regimage-cluster-sync.timer";
 /// containers/image signature policy.
 pub const POLICY_PATH: &str = "/etc/containers/policy.json";
 /// registries.conf drop-in naming the mirror of the pinned image, when one is configured.
@@ -90,6 +94,9 @@ const PROXY_UNIT_TEMPLATE: &str = include_str!("../../units/registry-proxy.servi
 const FIRSTBOOT_UNIT_TEMPLATE: &str = include_str!("../../units/regimage-firstboot.service");
 const RENEW_SERVICE_TEMPLATE: &str = include_str!("../../units/regimage-renew.service");
 const RENEW_TIMER_TEMPLATE: &str = include_str!("../../units/regimage-renew.timer");
+const CLUSTER_SYNC_SERVICE_TEMPLATE: &str =
+    include_str!("../../units/regimage-cluster-sync.service");
+const CLUSTER_SYNC_TIMER_TEMPLATE: &str = include_str!("../../units/regimage-cluster-sync.timer");
 
 /// The registry's environment, the same for the container and for a direct run of the
 /// registry binary (tests): listen on all addresses inside the container (`127.0.0.1`
@@ -237,8 +244,30 @@ pub fn appliance_files(config: &Config) -> Result<Vec<FileEntry>> {
             mirror_conf(&image.name, mirror, config.registry.mirror_insecure)?,
         ));
     }
+    // Only a node of a cluster syncs; a lone appliance's user-data stays as small as it was.
+    if crate::lifecycle::cluster::enabled(config) {
+        files.extend(cluster_sync_units(&tera, config)?);
+    }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// regimage-cluster-sync.service and its timer (every 30 s).
+fn cluster_sync_units(tera: &tera::Tera, config: &Config) -> Result<Vec<FileEntry>> {
+    Ok(vec![
+        root_file(
+            CLUSTER_SYNC_SERVICE_PATH,
+            render(
+                tera,
+                "regimage-cluster-sync.service",
+                &renew_unit_context(config),
+            )?,
+        ),
+        root_file(
+            CLUSTER_SYNC_TIMER_PATH,
+            render(tera, "regimage-cluster-sync.timer", &tera::Context::new())?,
+        ),
+    ])
 }
 
 /// One manifest line: what a file on the machine should be.
@@ -394,6 +423,11 @@ fn templates() -> Result<tera::Tera> {
         ("regimage-firstboot.service", FIRSTBOOT_UNIT_TEMPLATE),
         ("regimage-renew.service", RENEW_SERVICE_TEMPLATE),
         ("regimage-renew.timer", RENEW_TIMER_TEMPLATE),
+        (
+            "regimage-cluster-sync.service",
+            CLUSTER_SYNC_SERVICE_TEMPLATE,
+        ),
+        ("regimage-cluster-sync.timer", CLUSTER_SYNC_TIMER_TEMPLATE),
     ])
     .context("parsing the built-in templates")?;
     Ok(tera)
@@ -572,6 +606,7 @@ fn firstboot_unit_context(config: &Config) -> tera::Context {
     ctx
 }
 
+/// The day-2 oneshots' context (renew, cluster sync): both rewrite or remove bundles.
 fn renew_unit_context(config: &Config) -> tera::Context {
     let mut ctx = tera::Context::new();
     ctx.insert("binary", crate::cloudinit::BINARY_PATH);
