@@ -650,7 +650,10 @@ mod tests {
                 "cluster.join-file",
             ),
             ("cluster:\n  name: bad_name\n", "cluster.name"),
-            (&format!("{s3}      drivr: x\n"), "registry.storage.s3.drivr"),
+            (
+                &format!("{s3}      drivr: x\n"),
+                "registry.storage.s3.drivr",
+            ),
         ] {
             assert_eq!(err(yaml).key, key, "{yaml}");
         }

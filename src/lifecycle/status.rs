@@ -33,7 +33,20 @@ pub struct Status {
     pub crl: Option<Crl>,
     pub clients: Vec<ClientEntry>,
     pub proxy: ProxyState,
+    pub storage: StorageState,
     pub last_renew: Option<RenewRecord>,
+}
+
+/// Where images live and whether the registry reaches them (issue 12).
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageState {
+    /// `filesystem` or `s3`.
+    pub driver: String,
+    /// The storage directory, or `s3://BUCKET[/ROOT] at ENDPOINT`.
+    pub location: String,
+    /// `ok`, `unavailable` (the registry answers 503: its storage does not answer),
+    /// `registry not answering`, or `not checked` (first boot has not finished).
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -211,6 +224,20 @@ pub fn gather(app: &Appliance<'_>) -> Result<Status> {
             "a changed certificate waits for a proxy reload; `regimage renew` does it".into(),
         );
     }
+    let storage = storage_state(app, first_boot_done);
+    match storage.state.as_str() {
+        "unavailable" => problems.push(format!(
+            "the registry answers 503: its storage ({}) does not answer; it recovers by itself \
+             once the storage answers again (the registry's log: journalctl \
+             _SYSTEMD_USER_UNIT=registry.service)",
+            storage.location
+        )),
+        "registry not answering" => problems.push(format!(
+            "the registry does not answer on 127.0.0.1:{}",
+            app.config.ports.registry
+        )),
+        _ => {}
+    }
     let primary_name = sans_of_server_cert(app)
         .map(|s| s.primary_name)
         .unwrap_or_default();
@@ -236,8 +263,45 @@ pub fn gather(app: &Appliance<'_>) -> Result<Status> {
         crl,
         clients,
         proxy,
+        storage,
         last_renew,
     })
+}
+
+/// The storage's description and the registry's answer to its API check.
+fn storage_state(app: &Appliance<'_>, first_boot_done: bool) -> StorageState {
+    let config = app.config;
+    let (driver, location) = match config.s3() {
+        None => (
+            "filesystem",
+            config.registry.storage_dir.display().to_string(),
+        ),
+        Some(s3) => (
+            "s3",
+            format!(
+                "s3://{}{} at {}",
+                s3.bucket,
+                s3.root_directory.as_deref().unwrap_or(""),
+                s3.endpoint.as_deref().unwrap_or("AWS S3")
+            ),
+        ),
+    };
+    let state = if !first_boot_done {
+        "not checked"
+    } else {
+        match super::cluster::registry::Registry::loopback(config.ports.registry).api_check() {
+            Ok((200 | 401, _)) => "ok",
+            Ok((503, body)) if String::from_utf8_lossy(&body).contains("UNAVAILABLE") => {
+                "unavailable"
+            }
+            Ok(_) | Err(_) => "registry not answering",
+        }
+    };
+    StorageState {
+        driver: driver.into(),
+        location,
+        state: state.into(),
+    }
 }
 
 /// Every client of the index with its current certificate.
@@ -295,6 +359,11 @@ pub fn render_text(status: &Status) -> String {
         } else {
             ""
         }
+    );
+    let _ = writeln!(
+        out,
+        "storage: {} {}: {}",
+        status.storage.driver, status.storage.location, status.storage.state
     );
     let _ = writeln!(out, "certificates:");
     for c in &status.certificates {

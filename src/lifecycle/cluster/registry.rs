@@ -75,6 +75,17 @@ impl Registry {
         }
     }
 
+    /// The registry's answer to `GET /v2/` (the API check): its status and body. 503
+    /// `UNAVAILABLE` is Distribution's storage health check failing.
+    pub fn api_check(&self) -> Result<(u16, Vec<u8>)> {
+        let url = format!(
+            "{}/",
+            self.base.trim_end_matches(REPOSITORY).trim_end_matches('/')
+        );
+        let (status, _, body) = self.send(self.agent.get(&url), &url)?;
+        Ok((status, body))
+    }
+
     /// The repository's tags; none when nothing was pushed yet.
     pub fn tags(&self) -> Result<Vec<String>> {
         #[derive(Deserialize)]
