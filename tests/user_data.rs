@@ -619,7 +619,7 @@ fn binary_url_fits_ec2_and_checks_the_download() {
         let size = fs::metadata(&out_path).unwrap().len();
         println!("{distro}: user-data with --binary-url is {size} bytes (limit 16384)");
         // Room left for a site's own config (more clients, names, networks) and for what
-        // later versions add: 1144 bytes with issue 11's two units (1 KiB is the floor).
+        // later versions add: 2629 bytes since issue 12 (1 KiB is the floor).
         assert!(
             size + EC2_HEADROOM <= 16384,
             "{size} bytes: less than {EC2_HEADROOM} bytes left under EC2's 16 KiB"
@@ -735,4 +735,57 @@ fn bad_flags_exit_2_and_write_nothing() {
             "{args:?} wrote something"
         );
     }
+}
+
+/// Issue 12: a cluster node on S3 fits EC2's limit too, and its config carries no secret;
+/// one that inlines a key is refused by name, and nothing is written.
+#[test]
+fn an_s3_cluster_node_fits_ec2_and_an_inlined_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("s3.yaml");
+    let s3 = "registry:\n  storage:\n    driver: s3\n    s3:\n      endpoint: https://s3.example.com:3900\n      region: garage\n      bucket: registry\n      root-directory: /regimage\n      ca-file: /etc/regimage/s3-ca.pem\ncluster:\n  name: registry.example.com\n  join-file: /etc/regimage/cluster-join.json\n";
+    fs::write(&config, s3).unwrap();
+    let out_path = dir.path().join("user-data");
+    let sha = "ab".repeat(32);
+    let args = [
+        "-c",
+        config.to_str().unwrap(),
+        "-o",
+        out_path.to_str().unwrap(),
+        "--max-size",
+        "ec2",
+        "--binary-url",
+        "https://downloads.example.com/regimage/0.1.0/regimage",
+        "--binary-sha256",
+        &sha,
+    ];
+    let out = build(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let size = fs::metadata(&out_path).unwrap().len();
+    println!("s3 cluster node: user-data with --binary-url is {size} bytes (limit 16384)");
+    assert!(
+        size + EC2_HEADROOM <= 16384,
+        "{size} bytes: less than {EC2_HEADROOM} bytes left under EC2's 16 KiB"
+    );
+    assert_no_secrets(&fs::read_to_string(&out_path).unwrap());
+    fs::remove_file(&out_path).unwrap();
+
+    fs::write(
+        &config,
+        s3.replace(
+            "      bucket: registry\n",
+            "      bucket: registry\n      secret-key: hunter2\n",
+        ),
+    )
+    .unwrap();
+    let out = build(&args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("registry.storage.s3.secret-key")
+            && stderr.contains("must not be in the site config"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(!out_path.exists());
 }

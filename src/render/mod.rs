@@ -210,7 +210,7 @@ pub fn appliance_files(config: &Config) -> Result<Vec<FileEntry>> {
         root_file(INSTALLED_CONFIG_PATH, installed_config(config)?),
         root_file(
             NGINX_CONF_PATH,
-            render(&tera, "nginx.conf", &nginx_context(config))?,
+            without_inner_comments(&render(&tera, "nginx.conf", &nginx_context(config))?),
         ),
         root_file(
             REGISTRY_UNIT_PATH,
@@ -438,6 +438,24 @@ fn render(tera: &tera::Tera, name: &str, ctx: &tera::Context) -> Result<Vec<u8>>
         .map(String::into_bytes)
         .map_err(tera_error)
         .with_context(|| format!("rendering template {name}"))
+}
+
+/// The file with its header (the leading comment block) and without the comment lines
+/// after it: the commented template is in regimage's source, and user-data has 16 KiB
+/// (EC2) for every file (issue 12 added S3 and cluster settings).
+fn without_inner_comments(text: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(text);
+    let mut out = String::with_capacity(text.len());
+    let mut in_header = true;
+    for line in text.lines() {
+        let comment = line.trim_start().starts_with('#');
+        in_header &= comment;
+        if in_header || !comment {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.into_bytes()
 }
 
 /// A tera error as one message: tera hides the useful part of its errors in `source()`,
