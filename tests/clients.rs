@@ -66,6 +66,7 @@ impl Ctx {
             registry: 5000,
             extra_config: "",
             netns: Some(&ns),
+            root_files: &[],
         });
         let dir = test_dir("regimage-clients-");
         let work = dir.path().to_path_buf();

@@ -43,6 +43,9 @@ pub struct SiteOptions<'a> {
     pub extra_config: &'a str,
     /// Run the registry and nginx inside this namespace (`ip netns exec`).
     pub netns: Option<&'a Netns>,
+    /// Files put under the root before first boot, as an operator copies them onto the
+    /// machine out of band (S3 credentials, a cluster's join file): (path at `/`, contents).
+    pub root_files: &'a [(&'a str, Vec<u8>)],
 }
 
 /// The registry and nginx of one site; they stop and the directory goes when this is
@@ -198,6 +201,17 @@ impl Loopback {
 /// Starts the registry and nginx as the appliance runs them; `extra_config` is appended to
 /// the site config (the ports and names are set here).
 pub fn start(extra_config: &str) -> Loopback {
+    start_node(extra_config, &[], None)
+}
+
+/// [`start`] for a node: `root_files` are put under the root before first boot (see
+/// [`SiteOptions::root_files`]), and `name` is the registry's name for the client when it is
+/// not `localhost` (a cluster's name, resolved by the given hosts file).
+pub fn start_node(
+    extra_config: &str,
+    root_files: &[(&str, Vec<u8>)],
+    name: Option<(&str, PathBuf)>,
+) -> Loopback {
     let (pull, push, registry) = (super::free_port(), super::free_port(), super::free_port());
     assert!(pull != push && push != registry && pull != registry);
     let site = start_site(&SiteOptions {
@@ -208,16 +222,21 @@ pub fn start(extra_config: &str) -> Loopback {
         registry,
         extra_config,
         netns: None,
+        root_files,
     });
     // Install the client bundle as its README says, per user: ~/.config/containers/certs.d.
     let client_work = site.work.join("client");
     std::fs::create_dir(&client_work).expect("creating the client dir");
-    let client = client::install_bundle(
+    let mut names = client::Names::localhost(pull, push);
+    if let Some((host, hosts_file)) = name {
+        names.host = host.to_string();
+        names.hosts_file = Some(hosts_file);
+    }
+    let client = client::install_bundle_for(
         &site.root.join("var/lib/regimage/out/ci.tar.gz"),
         "ci",
         &client_work,
-        pull,
-        push,
+        names,
     );
     Loopback {
         client,
@@ -265,6 +284,12 @@ pub fn start_site(opts: &SiteOptions<'_>) -> Site {
             .arg("-c")
             .arg(&cfg),
     );
+    for (path, contents) in opts.root_files {
+        let target = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().expect("a file's directory"))
+            .expect("creating a root file's directory");
+        std::fs::write(&target, contents).expect("writing a root file");
+    }
     run_ok(
         regimage()
             .args(["firstboot", "--no-system", "--root"])
@@ -288,10 +313,19 @@ pub fn start_site(opts: &SiteOptions<'_>) -> Site {
     for (k, v) in regimage::render::registry_environment(&config) {
         cmd.env(k, v);
     }
+    // The secrets first boot wrote (HTTP secret, S3 keys), as the unit's EnvironmentFile=.
+    let env_file = root.join(regimage::render::REGISTRY_ENV_PATH.trim_start_matches('/'));
+    let env_text = std::fs::read_to_string(&env_file).expect("reading registry.env");
+    for line in env_text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((k, v)) = line.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
     // Only the listen address and the storage path differ from the container.
-    cmd.env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{registry_port}"))
-        .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &data)
-        .env("REGISTRY_HTTP_SECRET", "loopback-test-secret");
+    cmd.env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{registry_port}"));
+    if !config.is_s3() {
+        cmd.env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &data);
+    }
     if let Some(ns) = opts.netns {
         cmd = ns.wrap(&cmd);
     }
