@@ -19,6 +19,7 @@ use super::*;
 use crate::oci_archive::PinMismatch;
 
 mod calls;
+mod cluster;
 mod crash;
 mod dry_run;
 mod edges;
