@@ -321,8 +321,10 @@ pub fn start_site(opts: &SiteOptions<'_>) -> Site {
             cmd.env(k, v);
         }
     }
-    // Only the listen address and the storage path differ from the container.
-    cmd.env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{registry_port}"));
+    // Only the listen address and the storage path differ from the container. This host's
+    // AWS_CA_BUNDLE (the container has none) makes the S3 driver's AWS session fail to start.
+    cmd.env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{registry_port}"))
+        .env_remove("AWS_CA_BUNDLE");
     if !config.is_s3() {
         cmd.env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &data);
     }
