@@ -52,10 +52,16 @@ impl ClusterArgs {
                 let join = JoinFile::export(&app.root, &config, app.now)?;
                 let shown = output.unwrap_or_else(|| config.output_dir.join(DEFAULT_FILE_NAME));
                 join.write(&fsutil::under_root(&app.root, &shown))?;
-                let host = config.cluster.name.as_deref().unwrap_or("THIS-NODE");
+                // This node by its own name: the cluster's name may reach another node.
+                let facts = crate::identity::HostFacts::gather();
+                let host = facts
+                    .fqdn
+                    .or(facts.hostname)
+                    .or_else(|| facts.addresses.first().map(|a| a.to_string()))
+                    .unwrap_or_else(|| "THIS-NODE".into());
                 let copy = bundle::copy_off_command(
                     bundle::cloud_login(&app.root),
-                    host,
+                    &host,
                     &shown,
                     "cluster-join",
                 )
