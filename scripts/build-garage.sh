@@ -9,7 +9,7 @@
 # leaves no half cache entry. Exits at once when the cached binary is there and runs.
 # GARAGE_TARGET_DIR: a cargo target dir to build in and keep (say a failed build's, to resume
 # it); by default a temporary one, removed after.
-# Slow the first time (about 20 minutes on 2 cores, see README "Tests"); never again after.
+# Slow the first time (about 30 minutes on 2 shared cores); never again after.
 #
 # Usage: build-garage.sh [--force] [--print-path]
 #   --print-path   print where the binary is (built or not) and exit
@@ -46,7 +46,7 @@ WORK="$(mktemp -d "$CACHE_ROOT/.garage-$GARAGE_VERSION.XXXXXX")"
 cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
 
-log "building Garage $GARAGE_VERSION into $DIR (cargo install; about 20 minutes on 2 cores)"
+log "building Garage $GARAGE_VERSION into $DIR (cargo install; about 30 minutes on 2 cores)"
 start="$(now)"
 # The crate's own Cargo.lock (--locked).
 CARGO_TARGET_DIR="${GARAGE_TARGET_DIR:-$WORK/target}" cargo install garage \

@@ -86,7 +86,7 @@ pub fn garage_binary() -> PathBuf {
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     assert!(
         path.is_file(),
-        "Garage is not built: run `make garage` (scripts/build-garage.sh; about 20 minutes \
+        "Garage is not built: run `make garage` (scripts/build-garage.sh; about 30 minutes \
          once per machine), expected {}",
         path.display()
     );
