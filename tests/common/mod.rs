@@ -9,7 +9,9 @@ use std::process::{Command, Output};
 use sha2::{Digest, Sha256};
 
 pub mod blob;
+pub mod blob_http;
 pub mod client;
+pub mod garage;
 pub mod loopback;
 pub mod netns;
 pub mod readme;
