@@ -11,9 +11,15 @@
 # it); by default a temporary one, removed after.
 # Slow the first time (about 30 minutes on 2 shared cores); never again after.
 #
-# Usage: build-garage.sh [--force] [--print-path]
+# One build at a time (a lock in the cache): a second call waits for the first and then
+# finds the binary. `make test` starts it with --background at the beginning, so the build
+# overlaps lint and the unit tests' compile; `make garage` (before the tests that use it)
+# then waits for it, or builds in the foreground if the background build failed.
+#
+# Usage: build-garage.sh [--force] [--print-path] [--background]
 #   --print-path   print where the binary is (built or not) and exit
 #   --force        build again (also REGIMAGE_TEST_REBUILD=1)
+#   --background   build detached (nice 10, log in the cache's garage-build.log) and return
 set -euo pipefail
 LOG_TAG=garage
 # shellcheck source=image/lib.sh
@@ -24,10 +30,12 @@ DIR="$CACHE_ROOT/garage-$GARAGE_VERSION"
 BIN="$DIR/bin/garage"
 
 force="${REGIMAGE_TEST_REBUILD:-}"
+background=""
 for a in "$@"; do
   case "$a" in
     --print-path) echo "$BIN"; exit 0 ;;
     --force) force=1 ;;
+    --background) background=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) die "unknown argument: $a" ;;
   esac
@@ -42,6 +50,20 @@ fi
 need cargo
 
 mkdir -p "$CACHE_ROOT"
+if [ -n "$background" ]; then
+  log "building Garage in the background; log: $CACHE_ROOT/garage-build.log"
+  nohup nice -n 10 "$0" ${force:+--force} >"$CACHE_ROOT/garage-build.log" 2>&1 </dev/null &
+  exit 0
+fi
+exec 9>"$CACHE_ROOT/.garage.lock"
+if ! flock -n 9; then
+  log "waiting for another Garage build (log: $CACHE_ROOT/garage-build.log)"
+  flock 9
+fi
+# The build this one waited for may have made it.
+if [ -z "$force" ] && works; then
+  exit 0
+fi
 WORK="$(mktemp -d "$CACHE_ROOT/.garage-$GARAGE_VERSION.XXXXXX")"
 cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
