@@ -36,6 +36,25 @@ pub fn contents(http_secret: &str, s3: Option<&S3Keys>) -> String {
     text
 }
 
+/// What registry.env should hold, given its current text: the joined cluster's HTTP secret,
+/// else the one there (a new one would break uploads in flight across a restart), else a
+/// new one; with these S3 keys. Also says where the secret came from.
+pub fn wanted(
+    existing: Option<&str>,
+    joined_secret: Option<String>,
+    keys: Option<&S3Keys>,
+) -> Result<(String, &'static str)> {
+    let kept = existing
+        .and_then(|text| value(text, HTTP_SECRET))
+        .map(str::to_string);
+    let (secret, whence) = match (joined_secret, kept) {
+        (Some(joined), _) => (joined, "the cluster's HTTP secret"),
+        (None, Some(kept)) => (kept, "its HTTP secret"),
+        (None, None) => (new_http_secret()?, "a new HTTP secret"),
+    };
+    Ok((contents(&secret, keys), whence))
+}
+
 /// A new HTTP secret: 32 random bytes as hex.
 pub fn new_http_secret() -> Result<String> {
     let mut buf = [0u8; 32];

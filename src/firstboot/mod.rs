@@ -388,16 +388,7 @@ fn write_registry_env(
     let path = crate::fsutil::under_root(root, Path::new(crate::render::REGISTRY_ENV_PATH));
     let existing = std::fs::read_to_string(&path).ok();
     let keys = crate::cluster::credentials::wait_and_read(clock, root, config)?;
-    let secret = match joined_secret.or_else(|| {
-        existing
-            .as_deref()
-            .and_then(|t| registry_env::value(t, registry_env::HTTP_SECRET))
-            .map(str::to_string)
-    }) {
-        Some(secret) => secret,
-        None => registry_env::new_http_secret()?,
-    };
-    let wanted = registry_env::contents(&secret, keys.as_ref());
+    let (wanted, _) = registry_env::wanted(existing.as_deref(), joined_secret, keys.as_ref())?;
     if existing.as_deref() != Some(wanted.as_str()) {
         if let Some(dir) = path.parent() {
             crate::fsutil::ensure_dir(dir, 0o755)?;

@@ -222,16 +222,11 @@ fn ensure_registry_env(ctx: &mut Ctx<'_>, service: &UserInfo) -> Result<()> {
     let now = time::OffsetDateTime::now_utc();
     let joined = cluster::join::wait_and_read(&clock, ctx.root, ctx.config, now)?;
     let keys = cluster::credentials::wait_and_read(&clock, ctx.root, ctx.config)?;
-    let kept = existing
-        .as_deref()
-        .and_then(|t| registry_env::value(t, registry_env::HTTP_SECRET))
-        .map(str::to_string);
-    let (secret, whence) = match (joined, kept) {
-        (Some(join), _) => (join.http_secret, "the cluster's HTTP secret"),
-        (None, Some(kept)) => (kept, "its HTTP secret"),
-        (None, None) => (registry_env::new_http_secret()?, "a new HTTP secret"),
-    };
-    let wanted = registry_env::contents(&secret, keys.as_ref());
+    let (wanted, whence) = registry_env::wanted(
+        existing.as_deref(),
+        joined.map(|join| join.http_secret),
+        keys.as_ref(),
+    )?;
     if existing.as_deref() != Some(wanted.as_str()) {
         let with_keys = if keys.is_some() {
             " and the S3 keys"
