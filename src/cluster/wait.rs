@@ -65,9 +65,10 @@ pub fn for_file(
             );
         }
         if last_said.is_none_or(|said| waited.saturating_sub(said) >= REMIND) {
-            // Warn level: first boot shows these on the console, where the operator looks.
-            tracing::warn!(
-                "waiting for {} ({what}): {how}; waiting up to {} s more",
+            // On stderr, not the log: first boot's unit sends stderr to the console too (as
+            // the ready line), where the operator looks; the log goes to the journal only.
+            eprintln!(
+                "regimage: waiting for {} ({what}): {how}; waiting up to {} s more",
                 shown.display(),
                 timeout.saturating_sub(waited).as_secs()
             );
