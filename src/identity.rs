@@ -204,6 +204,7 @@ impl std::fmt::Display for Missing {
 /// certificate would otherwise name only `localhost` (issue 10).
 pub fn missing_for_clients(config: &Config, facts: &HostFacts) -> Option<Missing> {
     let named = config.hostname.is_some()
+        || config.cluster.name.is_some()
         || facts
             .fqdn
             .iter()
@@ -239,9 +240,16 @@ pub fn server_sans(config: &Config, facts: &HostFacts) -> Sans {
             }
         }
     };
-    let configured = config.hostname.as_deref().map(normalize);
+    // A cluster's name comes first: clients use it for every node (issue 12).
+    let configured = config
+        .cluster
+        .name
+        .as_deref()
+        .or(config.hostname.as_deref())
+        .map(normalize);
     for name in configured
         .iter()
+        .chain(config.hostname.iter())
         .chain(config.extra_names.iter())
         .chain(facts.fqdn.iter())
         .chain(facts.hostname.iter())

@@ -8,6 +8,7 @@ mod appliance;
 mod build;
 mod check;
 mod client;
+mod cluster;
 mod fetch_image;
 mod firstboot;
 mod init;
@@ -28,6 +29,7 @@ pub use appliance::ApplianceArgs;
 pub use build::{BuildArgs, BuildFormat, Qcow2Args, UserDataArgs};
 pub use check::CheckArgs;
 pub use client::{ClientArgs, ClientCommand};
+pub use cluster::{ClusterArgs, ClusterCommand};
 pub use fetch_image::FetchImageArgs;
 pub use firstboot::FirstbootArgs;
 pub use init::InitArgs;
@@ -79,6 +81,9 @@ pub enum Command {
     Client(ClientArgs),
     /// Whether the registry is ready, its certificates, CRL and clients (exit 1: needs you).
     Status(StatusArgs),
+    /// Several nodes on shared S3 storage: export the join file for a new node, share
+    /// client additions and revocations between nodes.
+    Cluster(ClusterArgs),
 }
 
 /// The site config option shared by every command.
@@ -138,6 +143,7 @@ fn run(command: Command) -> Result<()> {
         Command::Renew(args) => args.run(),
         Command::Client(args) => args.run(),
         Command::Status(args) => args.run(),
+        Command::Cluster(args) => args.run(),
     }
 }
 

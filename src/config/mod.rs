@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 mod checks;
 mod image_ref;
+mod storage;
 
 use checks::*;
 pub use checks::{check_cidr, check_client_name, check_dns_name};
 pub use image_ref::{parse_image_ref, ImageRef};
+pub use storage::{Cluster, S3Storage, Storage, StorageDriver, DEFAULT_CREDENTIALS_FILE};
 
 /// The guide's pinned registry image (registry:2, linux/amd64 platform manifest).
 pub const DEFAULT_REGISTRY_IMAGE: &str = "docker.io/library/registry@sha256:8be26f81ffea54106bae012c6f349df70f4d5e7e2ec01b143c46e2c03b9e551d";
@@ -80,6 +82,8 @@ pub struct Config {
     pub proxy: Proxy,
     /// Where first boot leaves client bundles and its status file (root only).
     pub output_dir: PathBuf,
+    /// Several nodes serving one registry from shared S3 storage (issue 12).
+    pub cluster: Cluster,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,8 +113,10 @@ pub struct Pki {
 pub struct Registry {
     /// Registry image, pinned by digest (`NAME@sha256:HEX`).
     pub image: String,
-    /// Where pushed images live on the host.
+    /// Where pushed images live on the host (with `storage.driver: filesystem`).
     pub storage_dir: PathBuf,
+    /// The registry's storage driver: this machine's disk, or a shared S3 bucket.
+    pub storage: Storage,
     /// systemd MemoryMax= for the registry (e.g. `1G`).
     pub memory_max: String,
     /// systemd CPUQuota= for the registry (e.g. `100%`).
@@ -161,6 +167,7 @@ impl Default for Config {
             registry: Registry::default(),
             proxy: Proxy::default(),
             output_dir: PathBuf::from("/var/lib/regimage/out"),
+            cluster: Cluster::default(),
         }
     }
 }
@@ -191,6 +198,7 @@ impl Default for Registry {
         Registry {
             image: DEFAULT_REGISTRY_IMAGE.into(),
             storage_dir: PathBuf::from("/var/lib/registry"),
+            storage: Storage::default(),
             memory_max: "1G".into(),
             cpu_quota: "100%".into(),
             mirror: None,
@@ -252,6 +260,18 @@ impl Config {
             return Err(error(
                 "(document)".into(),
                 "expected a mapping of keys to values at the top level".into(),
+            ));
+        }
+        // Before serde, so the message is about the secret and not an unknown key.
+        if let Some(key) = storage::find_inline_secret(&value, "") {
+            return Err(error(
+                key,
+                format!(
+                    "a secret must not be in the site config: it would be baked into user-data and images; \
+                     put S3 credentials in the file named by registry.storage.s3.credentials-file \
+                     (default {DEFAULT_CREDENTIALS_FILE}) on the machine, or leave that unset to use \
+                     the instance's role"
+                ),
             ));
         }
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
@@ -427,6 +447,7 @@ impl Config {
             }
         }
         check_nginx_size(&self.proxy.max_body_size).map_err(|m| error("proxy.max-body-size", m))?;
+        storage::check(&self.registry.storage, &self.cluster).map_err(|(k, m)| error(&k, m))?;
         check_absolute_dir(&self.output_dir).map_err(|m| error("output-dir", m))?;
         let (storage, output) = (&self.registry.storage_dir, &self.output_dir);
         if storage.starts_with(output) || output.starts_with(storage) {
@@ -440,6 +461,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether images live in a shared S3 bucket (a node that can join a cluster).
+    pub fn is_s3(&self) -> bool {
+        self.registry.storage.driver == StorageDriver::S3
+    }
+
+    /// The S3 settings, when the driver is s3 (validated: then they are present).
+    pub fn s3(&self) -> Option<&S3Storage> {
+        self.registry.storage.s3.as_ref().filter(|_| self.is_s3())
     }
 
     /// The pinned image reference, parsed. Valid after [`Config::validate`].
@@ -562,5 +593,86 @@ mod tests {
         );
         let e = err("registry:\n  image: registry:2\n");
         assert!(e.to_string().starts_with("t.yaml: registry.image: "), "{e}");
+    }
+
+    #[test]
+    fn s3_storage_and_cluster_keys() {
+        let s3 = "registry:\n  storage:\n    driver: s3\n    s3:\n      endpoint: http://10.0.2.2:3900\n      region: garage\n      bucket: registry\n";
+        let c = Config::parse(s3, "t").unwrap();
+        assert!(c.is_s3());
+        let got = c.s3().unwrap();
+        assert_eq!(got.bucket, "registry");
+        assert!(!got.secure());
+        assert_eq!(
+            got.credentials_file.as_deref(),
+            Some(Path::new(DEFAULT_CREDENTIALS_FILE))
+        );
+        assert!(!Config::default().is_s3());
+        let with_cluster = format!(
+            "{s3}cluster:\n  name: reg.example.com\n  join-file: /etc/regimage/cluster-join.json\n"
+        );
+        assert_eq!(
+            Config::parse(&with_cluster, "t")
+                .unwrap()
+                .cluster
+                .name
+                .as_deref(),
+            Some("reg.example.com")
+        );
+        // Each bad value names its key.
+        for (yaml, key) in [
+            (
+                "registry:\n  storage:\n    driver: s3\n",
+                "registry.storage.s3",
+            ),
+            (
+                "registry:\n  storage:\n    s3:\n      bucket: b12\n",
+                "registry.storage.s3",
+            ),
+            (
+                &s3.replace("http://10.0.2.2:3900", "10.0.2.2:3900"),
+                "registry.storage.s3.endpoint",
+            ),
+            (
+                &s3.replace("bucket: registry", "bucket: Bad_Bucket"),
+                "registry.storage.s3.bucket",
+            ),
+            (
+                &format!("{s3}      path-style: false\n"),
+                "registry.storage.s3.path-style",
+            ),
+            (
+                &format!("{s3}      credentials-file: relative/file\n"),
+                "registry.storage.s3.credentials-file",
+            ),
+            (
+                "cluster:\n  join-file: /etc/regimage/j.json\n",
+                "cluster.join-file",
+            ),
+            ("cluster:\n  name: bad_name\n", "cluster.name"),
+            (&format!("{s3}      drivr: x\n"), "registry.storage.s3.drivr"),
+        ] {
+            assert_eq!(err(yaml).key, key, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn an_inlined_secret_is_refused_by_its_key() {
+        for (yaml, key) in [
+            (
+                "registry:\n  storage:\n    driver: s3\n    s3:\n      bucket: b12\n      secretkey: abc\n",
+                "registry.storage.s3.secretkey",
+            ),
+            (
+                "registry:\n  storage:\n    s3:\n      access-key-id: GK1\n",
+                "registry.storage.s3.access-key-id",
+            ),
+            ("http-secret: x\n", "http-secret"),
+        ] {
+            let e = err(yaml);
+            assert_eq!(e.key, key, "{yaml}");
+            assert!(e.message.contains("must not be in the site config"), "{e}");
+            assert!(e.message.contains("credentials-file"), "{e}");
+        }
     }
 }

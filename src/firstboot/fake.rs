@@ -224,6 +224,7 @@ fn known_unit(fake: &FakeSystem, manager: Manager, unit: &str) -> bool {
         Manager::System => {
             unit == "registry-proxy.service"
                 || unit == "regimage-renew.timer"
+                || unit == "regimage-cluster-sync.timer"
                 || unit == DISTRO_NGINX
                 || unit.starts_with("user@")
         }

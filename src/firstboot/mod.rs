@@ -342,6 +342,19 @@ pub fn run_no_system(root: &Path, config: &Config) -> Result<Outcome> {
         );
     }
     tracing::info!(primary = %sans.primary_name, dns = ?sans.dns_names, ips = ?sans.ip_addresses, "server names");
+    // A joining node takes the cluster's CAs first, then certify keeps them.
+    let clock = crate::cluster::wait::RealClock::default();
+    let now = time::OffsetDateTime::now_utc();
+    let joined = crate::cluster::join::wait_and_read(&clock, root, config, now)?;
+    if let Some(join) = &joined {
+        crate::pki::adopt_cas(
+            &crate::pki::PkiPaths::new(root),
+            &join.server_ca,
+            &join.client_ca,
+            now,
+        )?;
+    }
+    write_registry_env(root, config, &clock, joined.map(|j| j.http_secret))?;
     // --no-system never changes owners: the proxy's group is set by the full first boot.
     let app = crate::lifecycle::Appliance {
         root: root.to_path_buf(),
@@ -360,6 +373,38 @@ pub fn run_no_system(root: &Path, config: &Config) -> Result<Outcome> {
         pki,
         bundles,
     })
+}
+
+/// registry.env as the full first boot writes it (without its owner): the HTTP secret (the
+/// joined cluster's, the one there, or a new one) and the S3 keys, so tests run the
+/// registry with what a node would have.
+fn write_registry_env(
+    root: &Path,
+    config: &Config,
+    clock: &dyn crate::cluster::wait::Clock,
+    joined_secret: Option<String>,
+) -> Result<()> {
+    use crate::registry_env;
+    let path = crate::fsutil::under_root(root, Path::new(crate::render::REGISTRY_ENV_PATH));
+    let existing = std::fs::read_to_string(&path).ok();
+    let keys = crate::cluster::credentials::wait_and_read(clock, root, config)?;
+    let secret = match joined_secret.or_else(|| {
+        existing
+            .as_deref()
+            .and_then(|t| registry_env::value(t, registry_env::HTTP_SECRET))
+            .map(str::to_string)
+    }) {
+        Some(secret) => secret,
+        None => registry_env::new_http_secret()?,
+    };
+    let wanted = registry_env::contents(&secret, keys.as_ref());
+    if existing.as_deref() != Some(wanted.as_str()) {
+        if let Some(dir) = path.parent() {
+            crate::fsutil::ensure_dir(dir, 0o755)?;
+        }
+        crate::fsutil::write_atomic(&path, wanted.as_bytes(), 0o640)?;
+    }
+    Ok(())
 }
 
 /// --root must be an existing directory: a typo must not scatter files somewhere new.

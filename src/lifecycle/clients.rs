@@ -31,7 +31,7 @@ fn check_name(name: &str) -> Result<(), UsageError> {
 
 /// The server's SANs for a run: this machine's now, or the certificate's own when the
 /// network is not up.
-fn sans(app: &Appliance<'_>) -> Result<Sans> {
+pub(super) fn sans(app: &Appliance<'_>) -> Result<Sans> {
     match current_sans(app)? {
         Some(sans) => Ok(sans),
         None => sans_of_server_cert(app),
@@ -44,8 +44,20 @@ pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<Str
     let _lock = app.lock()?;
     app.require_certificates()?;
     let mut index = app.load_index()?;
-    match index.get(name).map(|c| (c.state, c.revoked_at.clone())) {
-        Some((State::Active, _)) => {
+    match index
+        .get(name)
+        .map(|c| (c.state, c.origin, c.revoked_at.clone()))
+    {
+        Some((State::Active, Origin::Cluster, _)) => {
+            return Err(UsageError(format!(
+                "client {name} was added on another node of the cluster: its key and bundle \
+                 are there (`regimage client list` on that node). To give it a bundle from \
+                 this node, revoke it (`regimage client revoke {name}`) and add it again \
+                 with --reissue-revoked"
+            ))
+            .into());
+        }
+        Some((State::Active, _, _)) => {
             // An add stopped after it was recorded: finish it rather than refuse.
             let applied = apply(app, &sans(app)?, CertifyOptions::default())?;
             if applied.changed_anything() {
@@ -62,7 +74,7 @@ pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<Str
             ))
             .into());
         }
-        Some((State::Revoked, at)) if !reissue_revoked => {
+        Some((State::Revoked, _, at)) if !reissue_revoked => {
             return Err(UsageError(format!(
                 "client {name} was revoked ({}); a revoked name is not issued again by \
                  accident. To issue it a new certificate on purpose: regimage client add \
@@ -110,6 +122,9 @@ pub fn add(app: &Appliance<'_>, name: &str, reissue_revoked: bool) -> Result<Str
     if applied.reloaded.is_some() {
         let _ = writeln!(out, "{}", describe_reload(&applied.reloaded));
     }
+    if let Some(line) = super::cluster::publish_after_change(app) {
+        let _ = writeln!(out, "{line}");
+    }
     Ok(out)
 }
 
@@ -145,7 +160,7 @@ pub fn revoke(app: &Appliance<'_>, name: &str) -> Result<String> {
         Some((State::Active, _)) => {}
     }
     // The certificate on disk may be one a stopped run did not record yet.
-    super::record_current(&mut index, &app.pki_paths(), name);
+    super::record_current(&mut index, &app.pki_paths(), name, app.now);
     let serials = index.revoke(name, app.now);
     app.save_index(&index)?;
     let sans = sans(app)?;
@@ -161,6 +176,9 @@ pub fn revoke(app: &Appliance<'_>, name: &str) -> Result<String> {
     );
     let _ = writeln!(out, "removed {}", bundle_path(app, name).display());
     let _ = writeln!(out, "{}", describe_reload(&applied.reloaded));
+    if let Some(line) = super::cluster::publish_after_change(app) {
+        let _ = writeln!(out, "{line}");
+    }
     Ok(out)
 }
 

@@ -27,6 +27,9 @@ pub enum Origin {
     Config,
     /// `regimage client add`; the config does not touch it.
     Added,
+    /// Added on another node of the cluster (`regimage cluster sync`): its key lives there,
+    /// so this node issues it no certificate and no bundle.
+    Cluster,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +45,10 @@ pub struct Issued {
     /// Lowercase hex of the serial's bytes.
     pub serial: String,
     pub not_after: String,
+    /// When it was issued (RFC 3339); older indexes lack it. A cluster sync weighs it
+    /// against revocations made on other nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<String>,
     /// Set when the client was revoked (the CRL lists it until it ends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
@@ -121,6 +128,16 @@ impl Index {
             .collect()
     }
 
+    /// Names of the active clients this node issues certificates and bundles to: not those
+    /// added on another node of the cluster.
+    pub fn issuable(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .filter(|c| c.state == State::Active && c.origin != Origin::Cluster)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     /// Names of the revoked clients.
     pub fn revoked_names(&self) -> Vec<String> {
         self.clients
@@ -181,9 +198,10 @@ impl Index {
         serials
     }
 
-    /// Records a certificate issued to `name` (nothing when it is already there). A client
-    /// that is revoked gets it revoked too: it can only be a leftover of an interrupted run.
-    pub fn record(&mut self, name: &str, serial: &str, not_after: &str) {
+    /// Records a certificate issued to `name` at `now` (nothing when it is already there). A
+    /// client that is revoked gets it revoked too: it can only be a leftover of an
+    /// interrupted run.
+    pub fn record(&mut self, name: &str, serial: &str, not_after: &str, now: OffsetDateTime) {
         let Some(client) = self.get_mut(name) else {
             return;
         };
@@ -196,6 +214,7 @@ impl Index {
         client.certificates.push(Issued {
             serial: serial.to_string(),
             not_after: not_after.to_string(),
+            issued_at: Some(rfc3339(now)),
             revoked_at,
         });
     }
@@ -229,14 +248,34 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let mut index = Index::default();
         index.activate("ci", Origin::Config);
-        index.record("ci", "01", "2030-01-01T00:00:00Z");
-        index.record("ci", "02", "2030-02-01T00:00:00Z");
-        index.record("ci", "02", "2030-02-01T00:00:00Z");
+        index.record(
+            "ci",
+            "01",
+            "2030-01-01T00:00:00Z",
+            OffsetDateTime::now_utc(),
+        );
+        index.record(
+            "ci",
+            "02",
+            "2030-02-01T00:00:00Z",
+            OffsetDateTime::now_utc(),
+        );
+        index.record(
+            "ci",
+            "02",
+            "2030-02-01T00:00:00Z",
+            OffsetDateTime::now_utc(),
+        );
         assert_eq!(index.revoke("ci", now), vec!["01", "02"]);
         assert_eq!(index.revoked_serials().len(), 2);
         assert!(index.active().is_empty());
         index.activate("ci", Origin::Added);
-        index.record("ci", "03", "2030-03-01T00:00:00Z");
+        index.record(
+            "ci",
+            "03",
+            "2030-03-01T00:00:00Z",
+            OffsetDateTime::now_utc(),
+        );
         assert_eq!(index.active(), vec!["ci"]);
         let serials: Vec<String> = index
             .revoked_serials()
@@ -250,8 +289,18 @@ mod tests {
     fn ended_certificates_are_forgotten() {
         let mut index = Index::default();
         index.activate("ci", Origin::Config);
-        index.record("ci", "01", "2020-01-01T00:00:00Z");
-        index.record("ci", "02", "2999-01-01T00:00:00Z");
+        index.record(
+            "ci",
+            "01",
+            "2020-01-01T00:00:00Z",
+            OffsetDateTime::now_utc(),
+        );
+        index.record(
+            "ci",
+            "02",
+            "2999-01-01T00:00:00Z",
+            OffsetDateTime::now_utc(),
+        );
         index.revoke("ci", OffsetDateTime::now_utc());
         index.prune(OffsetDateTime::now_utc());
         assert_eq!(index.revoked_serials().len(), 1);

@@ -9,6 +9,7 @@
 //! the next one. A lock keeps the daily timer and an operator's command apart.
 
 pub mod clients;
+pub mod cluster;
 pub mod index;
 pub mod proxy;
 pub mod renew;
@@ -172,18 +173,18 @@ pub fn certify(app: &Appliance<'_>, sans: &Sans, opts: CertifyOptions) -> Result
             .map(|c| c.name.clone())
             .collect();
         for name in gone {
-            record_current(&mut index, &paths, &name);
+            record_current(&mut index, &paths, &name, app.now);
             index.revoke(&name, app.now);
             dropped.push(name);
         }
     }
     for name in index.active() {
-        record_current(&mut index, &paths, &name);
+        record_current(&mut index, &paths, &name, app.now);
     }
     index.prune(app.now);
     app.save_index(&index)?;
 
-    let clients = index.active();
+    let clients = index.issuable();
     let revoked = index.revoked_serials();
     let outcome = pki::ensure(
         &paths,
@@ -203,7 +204,7 @@ pub fn certify(app: &Appliance<'_>, sans: &Sans, opts: CertifyOptions) -> Result
         .iter()
         .filter(|c| c.role == "client")
     {
-        index.record(&cert.name, &cert.serial, &cert.not_after);
+        index.record(&cert.name, &cert.serial, &cert.not_after, app.now);
     }
     app.save_index(&index)?;
     Ok(Certified {
@@ -216,12 +217,12 @@ pub fn certify(app: &Appliance<'_>, sans: &Sans, opts: CertifyOptions) -> Result
 
 /// Puts the serial of `name`'s certificate on disk into the index (a certificate written by
 /// a run stopped before it recorded it).
-pub(super) fn record_current(index: &mut Index, paths: &PkiPaths, name: &str) {
+pub(super) fn record_current(index: &mut Index, paths: &PkiPaths, name: &str, now: OffsetDateTime) {
     let Ok(pem) = std::fs::read_to_string(paths.client_cert(name)) else {
         return;
     };
     if let Ok((serial, not_after)) = pki::serial_and_end(&pem) {
-        index.record(name, &serial, &not_after);
+        index.record(name, &serial, &not_after, now);
     }
 }
 
@@ -250,14 +251,14 @@ pub fn bundle_path(app: &Appliance<'_>, name: &str) -> PathBuf {
     app.path(app.config.output_dir.join(format!("{name}.tar.gz")))
 }
 
-/// The bundles of every active client, for the registry named `host`.
+/// The bundles of every active client this node issues to, for the registry named `host`.
 pub fn write_bundles(app: &Appliance<'_>, index: &Index, host: &str) -> Result<Vec<BundleReport>> {
     bundle::write_bundles(
         &app.root,
         app.config,
         host,
         &app.pki_paths(),
-        &index.active(),
+        &index.issuable(),
     )
 }
 

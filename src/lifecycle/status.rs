@@ -115,7 +115,7 @@ pub fn gather(app: &Appliance<'_>) -> Result<Status> {
         ("client-ca", paths.client_ca_cert.clone()),
         ("server", paths.server_cert.clone()),
     ];
-    for name in index.active() {
+    for name in index.issuable() {
         files.push(("client", paths.client_cert(&name)));
     }
     let window = Duration::days(i64::from(app.config.pki.renew_before_days));
@@ -261,6 +261,7 @@ pub fn client_entries(app: &Appliance<'_>, index: &super::index::Index) -> Vec<C
                 origin: match c.origin {
                     super::index::Origin::Config => "config",
                     super::index::Origin::Added => "added",
+                    super::index::Origin::Cluster => "cluster",
                 }
                 .into(),
                 serial: current.as_ref().map(|(s, _)| s.clone()),

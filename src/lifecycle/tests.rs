@@ -372,6 +372,7 @@ fn a_crl_with_1000_revoked_serials() {
             &name,
             &format!("{:032x}", u128::from(i) + (1u128 << 120)),
             "2099-01-01T00:00:00Z",
+            app.now,
         );
         index.revoke(&name, app.now);
     }
@@ -386,4 +387,45 @@ fn a_crl_with_1000_revoked_serials() {
     println!("CRL with 1000 revoked serials: {size} bytes, signed and written in {took:?}");
     assert!(size < 100 * 1024, "{size}");
     assert_loadable(&app);
+}
+
+/// A client added on another node of a cluster is known here but never issued a certificate
+/// or a bundle (its key lives there); a revoke merged from another node reaches this node's
+/// certificate of the same config client and the CRL; status does not miss the other
+/// node's client's certificate.
+#[test]
+fn clients_of_other_nodes_get_nothing_here_and_their_revokes_reach_the_crl() {
+    let site = site();
+    let app = site.at(1);
+    let local = app.load_index().unwrap();
+    let ci_here = local.get("ci").unwrap().certificates[0].serial.clone();
+    assert!(local.get("ci").unwrap().certificates[0].issued_at.is_some());
+    let mut other = index::Index::default();
+    other.activate("ci", index::Origin::Config);
+    other.record("ci", "0a", "2099-01-01T00:00:00Z", site.t0);
+    other.revoke("ci", app.now);
+    other.activate("web", index::Origin::Added);
+    other.record("web", "0b", "2099-01-01T00:00:00Z", app.now);
+    app.save_index(&cluster::merge::merge(&local, &[other]))
+        .unwrap();
+    let reloads = site.reloads();
+    let applied = apply(&app, &sans(None), CertifyOptions::default()).unwrap();
+    assert_eq!(site.reloads(), reloads + 1, "the CRL changed: reload");
+    let paths = app.pki_paths();
+    assert!(!paths.client_cert("web").exists());
+    assert!(!paths.client_key("web").exists());
+    assert!(!bundle_path(&app, "web").exists());
+    assert!(applied.bundles.iter().all(|b| b.client != "web"));
+    assert!(!bundle_path(&app, "ci").exists(), "ci is revoked");
+    let crl = crate::pki::read_crl(&paths.client_crl, &paths.client_ca_cert).unwrap();
+    assert!(crl.serials.contains(&ci_here), "{:?}", crl.serials);
+    assert!(crl.serials.contains(&"0a".to_string()), "{:?}", crl.serials);
+    let index = app.load_index().unwrap();
+    assert_eq!(index.get("web").unwrap().origin, index::Origin::Cluster);
+    assert_eq!(index.get("web").unwrap().state, State::Active);
+    let status = status::gather(&app).unwrap();
+    assert!(
+        !format!("{status:?}").contains("clients/web.crt"),
+        "{status:?}"
+    );
 }

@@ -206,3 +206,79 @@ pub(super) fn limited_cn(organization: &str, suffix: &str) -> String {
     let org: String = organization.chars().take(room).collect();
     format!("{}{suffix}", org.trim_end())
 }
+
+/// A CA's certificate and key as PEM text: what a cluster's join file carries (issue 12).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaPem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// The CA at `cert_path`/`key_path`, whole and valid, as PEM text (for `cluster export`).
+pub(super) fn read_ca_pem(
+    cert_path: &Path,
+    key_path: &Path,
+    label: &str,
+    now: OffsetDateTime,
+) -> Result<CaPem> {
+    match load_ca(cert_path, key_path, label, now)? {
+        FoundCa::Whole(ca) => Ok(CaPem {
+            cert: ca.cert_pem,
+            key: ca.key_pem,
+        }),
+        _ => bail!(
+            "the {label} {} is not complete on this node; run first boot (or `regimage renew`) first",
+            cert_path.display()
+        ),
+    }
+}
+
+/// Checks `ca` the way [`load_ca`] checks one on disk, without writing anything.
+pub(super) fn check_ca_pem(ca: &CaPem, label: &str, now: OffsetDateTime) -> Result<()> {
+    let der = pem_to_der(&ca.cert)
+        .with_context(|| format!("the {label} certificate is not a PEM certificate"))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("the {label} certificate does not parse ({e})"))?;
+    if !x509.is_ca() {
+        bail!("the {label} certificate is not a CA certificate");
+    }
+    let key = KeyPair::from_pem(&ca.key)
+        .map_err(|e| anyhow::anyhow!("the {label} key does not parse ({e})"))?;
+    if !key_matches(&key, &x509) {
+        bail!("the {label} key does not belong to its certificate");
+    }
+    let not_after = x509.validity().not_after.to_datetime();
+    if not_after <= now {
+        bail!("the {label} certificate expired on {}", rfc3339(not_after));
+    }
+    Ok(())
+}
+
+/// Puts `ca` (checked by [`check_ca_pem`]) at `cert_path`/`key_path`: kept when the same CA
+/// is there, written (key first) when neither file is, refused when another CA is there.
+pub(super) fn adopt_ca(
+    ca: &CaPem,
+    cert_path: &Path,
+    key_path: &Path,
+    cert_mode: u32,
+    label: &str,
+    now: OffsetDateTime,
+) -> Result<Action> {
+    let wanted = pem_to_der(&ca.cert).context("reading the joined CA certificate")?;
+    match load_ca(cert_path, key_path, label, now)? {
+        FoundCa::Whole(found) if found.der == wanted => Ok(Action::Kept),
+        FoundCa::Whole(_) => bail!(
+            "this node already has a {label} of its own ({}), not the cluster's; a node joins \
+             before its first boot makes CAs: remove {} and {} (nothing has been issued from \
+             them to keep) and run first boot again",
+            cert_path.display(),
+            cert_path.display(),
+            key_path.display()
+        ),
+        FoundCa::Nothing | FoundCa::KeyOnly(_) => {
+            write(key_path, ca.key.as_bytes(), KEY_MODE, None)?;
+            write(cert_path, ca.cert.as_bytes(), cert_mode, None)?;
+            Ok(Action::Made)
+        }
+    }
+}

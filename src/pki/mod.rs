@@ -37,7 +37,8 @@ pub use report::{
     fingerprint, rfc3339, serial_and_end, Action, CertFacts, CertReport, FileReport, PkiReport,
 };
 
-use ca::{ensure_ca, limited_cn, load_ca, CaSpec};
+pub use ca::CaPem;
+use ca::{adopt_ca, check_ca_pem, ensure_ca, limited_cn, load_ca, read_ca_pem, CaSpec};
 use layout::{set_group, CERT_MODE, DIR_MODE, KEY_MODE, PRIVATE_DIR_MODE, PROXY_READABLE_MODE};
 pub use leaf::served_sans;
 use leaf::{ensure_leaf, LeafSpec, Reissue};
@@ -98,6 +99,62 @@ pub fn ensure_pki(
         },
     )?;
     Ok(outcome.report)
+}
+
+/// The server CA and the client CA of this node, whole (for `regimage cluster export`).
+pub fn read_cas(paths: &PkiPaths, now: OffsetDateTime) -> Result<(CaPem, CaPem)> {
+    Ok((
+        read_ca_pem(&paths.ca_cert, &paths.ca_key, "server CA", now)?,
+        read_ca_pem(
+            &paths.client_ca_cert,
+            &paths.client_ca_key,
+            "client CA",
+            now,
+        )?,
+    ))
+}
+
+/// Checks a cluster's two CAs as [`adopt_cas`] would, without writing anything.
+pub fn adopt_check(server: &CaPem, client: &CaPem, now: OffsetDateTime) -> Result<()> {
+    check_ca_pem(server, "server CA", now)?;
+    check_ca_pem(client, "client CA", now)
+}
+
+/// Puts a cluster's two CAs in place on a joining node before [`ensure`] runs, which then
+/// keeps them and issues this node's leaves from them. Both are checked before either is
+/// written; the same CAs already there are kept; a node's own different CA is refused.
+/// Returns what was done to each CA certificate.
+pub fn adopt_cas(
+    paths: &PkiPaths,
+    server: &CaPem,
+    client: &CaPem,
+    now: OffsetDateTime,
+) -> Result<[(std::path::PathBuf, Action); 2]> {
+    adopt_check(server, client, now)?;
+    fsutil::ensure_dir(&paths.dir, DIR_MODE)?;
+    fsutil::ensure_dir(&paths.ca_dir, DIR_MODE)?;
+    fsutil::ensure_dir(&paths.private_dir, PRIVATE_DIR_MODE)?;
+    fsutil::ensure_dir(&paths.clients_dir, DIR_MODE)?;
+    let server_action = adopt_ca(
+        server,
+        &paths.ca_cert,
+        &paths.ca_key,
+        CERT_MODE,
+        "server CA",
+        now,
+    )?;
+    let client_action = adopt_ca(
+        client,
+        &paths.client_ca_cert,
+        &paths.client_ca_key,
+        PROXY_READABLE_MODE,
+        "client CA",
+        now,
+    )?;
+    Ok([
+        (paths.ca_cert.clone(), server_action),
+        (paths.client_ca_cert.clone(), client_action),
+    ])
 }
 
 /// Makes or keeps the whole layout under `paths`: both CAs, the server certificate for the

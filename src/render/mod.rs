@@ -48,6 +48,10 @@ pub const FIRSTBOOT_UNIT_PATH: &str = "/etc/systemd/system/regimage-firstboot.se
 pub const RENEW_SERVICE_PATH: &str = "/etc/systemd/system/regimage-renew.service";
 /// Starts [`RENEW_SERVICE_PATH`] daily; first boot enables and starts it.
 pub const RENEW_TIMER_PATH: &str = "/etc/systemd/system/regimage-renew.timer";
+/// The cluster oneshot: `regimage cluster sync` (issue 12).
+pub const CLUSTER_SYNC_SERVICE_PATH: &str = "/etc/systemd/system/regimage-cluster-sync.service";
+/// Starts [`CLUSTER_SYNC_SERVICE_PATH`] every 30 s; first boot enables it with s3 storage.
+pub const CLUSTER_SYNC_TIMER_PATH: &str = "/etc/systemd/system/regimage-cluster-sync.timer";
 /// containers/image signature policy.
 pub const POLICY_PATH: &str = "/etc/containers/policy.json";
 /// registries.conf drop-in naming the mirror of the pinned image, when one is configured.
@@ -90,28 +94,85 @@ const PROXY_UNIT_TEMPLATE: &str = include_str!("../../units/registry-proxy.servi
 const FIRSTBOOT_UNIT_TEMPLATE: &str = include_str!("../../units/regimage-firstboot.service");
 const RENEW_SERVICE_TEMPLATE: &str = include_str!("../../units/regimage-renew.service");
 const RENEW_TIMER_TEMPLATE: &str = include_str!("../../units/regimage-renew.timer");
+const CLUSTER_SYNC_SERVICE_TEMPLATE: &str =
+    include_str!("../../units/regimage-cluster-sync.service");
+const CLUSTER_SYNC_TIMER_TEMPLATE: &str = include_str!("../../units/regimage-cluster-sync.timer");
 
 /// The registry's environment, the same for the container and for a direct run of the
 /// registry binary (tests): listen on all addresses inside the container (`127.0.0.1`
 /// there would make the published port reset connections), relative upload URLs (so the
-/// proxy's port survives), delete off, tracing off. REGISTRY_HTTP_SECRET is not here:
-/// it is host-unique and comes from [`REGISTRY_ENV_PATH`]. REGISTRY_HTTP_HOST is never
-/// set (it would pin upload URLs to one host and port), and no debug port is configured.
-pub fn registry_environment(_config: &Config) -> Vec<(String, String)> {
-    [
+/// proxy's port survives), delete off, tracing off, and the storage driver (see
+/// [`storage_environment`]). Secrets are not here: REGISTRY_HTTP_SECRET and the S3 keys are
+/// host-unique and come from [`REGISTRY_ENV_PATH`]. REGISTRY_HTTP_HOST is never set (it
+/// would pin upload URLs to one host and port), and no debug port is configured.
+pub fn registry_environment(config: &Config) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
         ("REGISTRY_HTTP_ADDR", format!(":{REGISTRY_CONTAINER_PORT}")),
         ("REGISTRY_HTTP_RELATIVEURLS", "true".into()),
-        ("REGISTRY_STORAGE_DELETE_ENABLED", "false".into()),
-        (
-            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
-            REGISTRY_CONTAINER_STORAGE.into(),
-        ),
         ("OTEL_TRACES_EXPORTER", "none".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    .collect();
+    env.extend(storage_environment(config));
+    env
 }
+
+/// Where the container sees `registry.storage.s3.ca-file` (mounted read-only).
+pub const S3_CA_CONTAINER_PATH: &str = "/etc/regimage-s3-ca.pem";
+
+/// The storage driver's settings. Filesystem: the container's storage directory. S3:
+/// `REGISTRY_STORAGE=s3` sorts before every `REGISTRY_STORAGE_*`, so Distribution replaces
+/// the image's whole storage section with it (the in-memory blob cache too: nodes on one
+/// bucket share no cache, so none is used). Blob downloads never redirect to the bucket
+/// (clients may not reach it), and a storage health check makes every request a 503
+/// `UNAVAILABLE` while the bucket is unreachable, until it answers again.
+fn storage_environment(config: &Config) -> Vec<(String, String)> {
+    let mut env = vec![("REGISTRY_STORAGE_DELETE_ENABLED", "false".to_string())];
+    match config.s3() {
+        None => env.push((
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+            REGISTRY_CONTAINER_STORAGE.into(),
+        )),
+        Some(s3) => {
+            env.extend([
+                ("REGISTRY_STORAGE", "s3".to_string()),
+                ("REGISTRY_STORAGE_S3_REGION", s3.region.clone()),
+                ("REGISTRY_STORAGE_S3_BUCKET", s3.bucket.clone()),
+                ("REGISTRY_STORAGE_S3_SECURE", s3.secure().to_string()),
+                ("REGISTRY_STORAGE_S3_SKIPVERIFY", s3.skip_verify.to_string()),
+                (
+                    "REGISTRY_STORAGE_S3_FORCEPATHSTYLE",
+                    s3.path_style.to_string(),
+                ),
+                ("REGISTRY_STORAGE_S3_V4AUTH", "true".into()),
+                ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true".into()),
+                ("REGISTRY_HEALTH_STORAGEDRIVER_ENABLED", "true".into()),
+                ("REGISTRY_HEALTH_STORAGEDRIVER_INTERVAL", "5s".into()),
+                ("REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD", "2".into()),
+            ]);
+            if let Some(endpoint) = &s3.endpoint {
+                env.push(("REGISTRY_STORAGE_S3_REGIONENDPOINT", endpoint.clone()));
+            }
+            if let Some(dir) = &s3.root_directory {
+                env.push(("REGISTRY_STORAGE_S3_ROOTDIRECTORY", dir.clone()));
+            }
+            if s3.ca_file.is_some() {
+                // Go reads its trusted roots from here instead of the system's.
+                env.push(("SSL_CERT_FILE", S3_CA_CONTAINER_PATH.into()));
+            }
+        }
+    }
+    env.sort();
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// The secret variables first boot writes to [`REGISTRY_ENV_PATH`] with the S3 keys of the
+/// credentials file; the unit passes them by name (`--env NAME`).
+pub const S3_KEY_VARIABLES: [&str; 2] = [
+    "REGISTRY_STORAGE_S3_ACCESSKEY",
+    "REGISTRY_STORAGE_S3_SECRETKEY",
+];
 
 /// Podman's global options for the service user. Every podman call for that user (the
 /// unit, and first boot's `podman load`/`tag`) must pass exactly these: Podman refuses a
@@ -183,8 +244,30 @@ pub fn appliance_files(config: &Config) -> Result<Vec<FileEntry>> {
             mirror_conf(&image.name, mirror, config.registry.mirror_insecure)?,
         ));
     }
+    // Only a node of a cluster syncs; a lone appliance's user-data stays as small as it was.
+    if crate::lifecycle::cluster::enabled(config) {
+        files.extend(cluster_sync_units(&tera, config)?);
+    }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// regimage-cluster-sync.service and its timer (every 30 s).
+fn cluster_sync_units(tera: &tera::Tera, config: &Config) -> Result<Vec<FileEntry>> {
+    Ok(vec![
+        root_file(
+            CLUSTER_SYNC_SERVICE_PATH,
+            render(
+                tera,
+                "regimage-cluster-sync.service",
+                &renew_unit_context(config),
+            )?,
+        ),
+        root_file(
+            CLUSTER_SYNC_TIMER_PATH,
+            render(tera, "regimage-cluster-sync.timer", &tera::Context::new())?,
+        ),
+    ])
 }
 
 /// One manifest line: what a file on the machine should be.
@@ -340,6 +423,11 @@ fn templates() -> Result<tera::Tera> {
         ("regimage-firstboot.service", FIRSTBOOT_UNIT_TEMPLATE),
         ("regimage-renew.service", RENEW_SERVICE_TEMPLATE),
         ("regimage-renew.timer", RENEW_TIMER_TEMPLATE),
+        (
+            "regimage-cluster-sync.service",
+            CLUSTER_SYNC_SERVICE_TEMPLATE,
+        ),
+        ("regimage-cluster-sync.timer", CLUSTER_SYNC_TIMER_TEMPLATE),
     ])
     .context("parsing the built-in templates")?;
     Ok(tera)
@@ -472,7 +560,25 @@ fn registry_unit_context(config: &Config) -> tera::Context {
     ctx.insert("podman_env", &podman_environment());
     ctx.insert("registry_env", &registry_environment(config));
     ctx.insert("registry_env_file", REGISTRY_ENV_PATH);
-    ctx.insert("storage_dir", &config.registry.storage_dir);
+    // Secrets passed by name from registry.env: the S3 keys only with a credentials file.
+    let mut secret_env = vec!["REGISTRY_HTTP_SECRET"];
+    let mut volumes = Vec::new();
+    match config.s3() {
+        None => volumes.push(format!(
+            "{}:{REGISTRY_CONTAINER_STORAGE}:Z",
+            config.registry.storage_dir.display()
+        )),
+        Some(s3) => {
+            if s3.credentials_file.is_some() {
+                secret_env.extend(S3_KEY_VARIABLES);
+            }
+            if let Some(ca) = &s3.ca_file {
+                volumes.push(format!("{}:{S3_CA_CONTAINER_PATH}:ro", ca.display()));
+            }
+        }
+    }
+    ctx.insert("secret_env", &secret_env);
+    ctx.insert("volumes", &volumes);
     ctx.insert("image", REGISTRY_IMAGE_TAG);
     ctx.insert("memory_max", &config.registry.memory_max);
     ctx.insert("cpu_quota", &config.registry.cpu_quota);
@@ -500,6 +606,7 @@ fn firstboot_unit_context(config: &Config) -> tera::Context {
     ctx
 }
 
+/// The day-2 oneshots' context (renew, cluster sync): both rewrite or remove bundles.
 fn renew_unit_context(config: &Config) -> tera::Context {
     let mut ctx = tera::Context::new();
     ctx.insert("binary", crate::cloudinit::BINARY_PATH);

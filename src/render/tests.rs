@@ -88,6 +88,7 @@ fn file_set_is_complete_sorted_and_root_owned() {
     ] {
         assert!(paths.contains(&want), "{want} missing from {paths:?}");
     }
+    // The cluster sync units only for a node of a cluster (s3 storage).
     assert_eq!(files.len(), 8);
     for f in &files {
         assert_eq!(
@@ -512,4 +513,54 @@ fn proxy_logs_go_to_the_journal() {
     let conf = directives(&text(&files, NGINX_CONF_PATH));
     assert!(!conf.contains("/var/log"), "{conf}");
     assert_eq!(conf.matches("access_log ").count(), 1, "{conf}");
+}
+
+#[test]
+fn cluster_sync_units_run_sync_every_30_seconds_after_first_boot() {
+    let files = cluster_sync_units(&templates().unwrap(), &Config::default()).unwrap();
+    let service = unit_directives(&text(&files, CLUSTER_SYNC_SERVICE_PATH));
+    for want in [
+        "Type=oneshot".to_string(),
+        format!(
+            "ExecStart={} cluster sync -c {INSTALLED_CONFIG_PATH}",
+            crate::cloudinit::BINARY_PATH
+        ),
+        format!("ConditionPathExists={FIRSTBOOT_DONE_PATH}"),
+        "NoNewPrivileges=yes".into(),
+        "PrivateTmp=yes".into(),
+        "ProtectHome=yes".into(),
+    ] {
+        assert!(service.contains(&want), "{want} missing: {service:#?}");
+    }
+    assert!(!service.iter().any(|l| l.starts_with("[Install]")));
+    let timer = unit_directives(&text(&files, CLUSTER_SYNC_TIMER_PATH));
+    for want in [
+        "OnBootSec=1min",
+        "OnUnitActiveSec=30s",
+        "AccuracySec=1s",
+        "WantedBy=timers.target",
+    ] {
+        assert!(timer.contains(&want.to_string()), "{want}: {timer:#?}");
+    }
+    let stem = |p: &str| Path::new(p).file_stem().unwrap().to_owned();
+    assert_eq!(
+        stem(CLUSTER_SYNC_SERVICE_PATH),
+        stem(CLUSTER_SYNC_TIMER_PATH)
+    );
+}
+
+#[test]
+fn both_public_ports_refuse_the_cluster_state() {
+    let files = appliance_files(&Config::default()).unwrap();
+    let conf = text(&files, NGINX_CONF_PATH);
+    let (pull, push) = servers(&conf);
+    for server in [pull, push] {
+        let at = server
+            .find("location ^~ /v2/regimage-cluster/ {")
+            .unwrap_or_else(|| panic!("no cluster refusal: {server}"));
+        let block = &server[at..at + server[at..].find('}').unwrap()];
+        assert!(block.contains("return 404;"), "{block}");
+        assert!(!block.contains("proxy_pass"), "{block}");
+    }
+    assert!(crate::lifecycle::cluster::registry::REPOSITORY.starts_with("regimage-cluster/"));
 }

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use super::Ctx;
+use super::{Ctx, SysClock};
+use crate::cluster;
 use crate::identity::{self, HostFacts};
 use crate::lifecycle;
-use crate::pki::{Action, PkiPaths};
+use crate::pki::{self, Action, PkiPaths};
 use crate::render::INSTALLED_CONFIG_PATH;
 
 /// How often the wait for an address and a name looks again (each look may ask the
@@ -110,6 +111,12 @@ pub fn pki(ctx: &mut Ctx<'_>) -> Result<()> {
             paths.server_pem.clone(),
             paths.client_crl.clone(),
         ];
+        if let Some(join) = &ctx.config.cluster.join_file {
+            ctx.note(format!(
+                "a run waits for the join file {} and takes the CAs from it",
+                join.display()
+            ));
+        }
         for client in &ctx.config.clients {
             files.push(paths.client_cert(client));
             files.push(paths.client_key(client));
@@ -124,6 +131,7 @@ pub fn pki(ctx: &mut Ctx<'_>) -> Result<()> {
         }
         return Ok(());
     }
+    adopt_cluster_cas(ctx)?;
     let sans = ctx.sans()?.clone();
     // Groups are set by the users step (through System), so the owner seam stays in one place.
     // The proxy is not up yet: nothing to reload.
@@ -154,5 +162,33 @@ pub fn pki(ctx: &mut Ctx<'_>) -> Result<()> {
         }
     }
     ctx.pki = Some(report);
+    Ok(())
+}
+
+/// A joining node (`cluster.join-file`): waits for the join file and puts the cluster's CAs
+/// in place, so certify keeps them and issues this node's leaves from them.
+fn adopt_cluster_cas(ctx: &mut Ctx<'_>) -> Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    let Some(join) = cluster::join::wait_and_read(&SysClock(ctx.sys), ctx.root, ctx.config, now)?
+    else {
+        return Ok(());
+    };
+    let adopted = pki::adopt_cas(
+        &PkiPaths::new(ctx.root),
+        &join.server_ca,
+        &join.client_ca,
+        now,
+    )?;
+    for (path, action) in adopted {
+        let shown = Path::new("/").join(path.strip_prefix(ctx.root).unwrap_or(&path));
+        if action == Action::Made {
+            ctx.changes.push(format!(
+                "made {} from the cluster's join file",
+                shown.display()
+            ));
+        } else {
+            ctx.note(format!("{} is the cluster's CA", shown.display()));
+        }
+    }
     Ok(())
 }

@@ -60,6 +60,9 @@ const REGISTRY_UNIT: &str = "registry.service";
 const PROXY_UNIT: &str = "registry-proxy.service";
 /// Runs `regimage renew` daily (issue 11); its file is [`crate::render::RENEW_TIMER_PATH`].
 pub const RENEW_TIMER_UNIT: &str = "regimage-renew.timer";
+/// Runs `regimage cluster sync` every 30 s with s3 storage (issue 12); its file is
+/// [`crate::render::CLUSTER_SYNC_TIMER_PATH`].
+pub const CLUSTER_SYNC_TIMER_UNIT: &str = "regimage-cluster-sync.timer";
 /// How long user@UID.service may take to come up (TCG machines are slow).
 const USER_MANAGER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a wait looks again: short, since a ready service should not wait out a long
@@ -84,6 +87,18 @@ pub struct Ctx<'a> {
     pub changes: Vec<String>,
     /// This step's findings that change nothing.
     pub notes: Vec<String>,
+}
+
+/// First boot's clock for the bounded waits of `cluster` (tests fake it through System).
+pub(super) struct SysClock<'a>(pub(super) &'a dyn System);
+
+impl crate::cluster::wait::Clock for SysClock<'_> {
+    fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+    fn sleep(&self, d: Duration) {
+        self.0.sleep(d)
+    }
 }
 
 impl<'a> Ctx<'a> {

@@ -41,7 +41,7 @@ pub fn output(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     let paths = PkiPaths::new(ctx.root);
     let index = lifecycle::index::Index::load(&ctx.path(lifecycle::CLIENT_INDEX_PATH))?;
-    let bundles = bundle::write_bundles(ctx.root, ctx.config, &host, &paths, &index.active())?;
+    let bundles = bundle::write_bundles(ctx.root, ctx.config, &host, &paths, &index.issuable())?;
     for b in &bundles {
         if b.action != Action::Kept {
             ctx.changes

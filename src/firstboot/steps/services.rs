@@ -1,19 +1,23 @@
-//! Steps 8 and 9: the registry, the proxy and the renew timer enabled and started (the
-//! proxy's IPv6 listeners out first on a kernel without IPv6), then checked over TLS.
+//! Steps 8 and 9: the registry, the proxy, the renew timer and (s3 storage) the cluster sync
+//! timer enabled and started (the proxy's IPv6 listeners out first on a kernel without
+//! IPv6), then checked over TLS.
 
 use std::cell::RefCell;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::{Ctx, PROXY_UNIT, REGISTRY_UNIT, RENEW_TIMER_UNIT, STATUS_INTERVAL};
+use super::{
+    Ctx, CLUSTER_SYNC_TIMER_UNIT, PROXY_UNIT, REGISTRY_UNIT, RENEW_TIMER_UNIT, STATUS_INTERVAL,
+};
 use crate::bundle;
 use crate::firstboot::system::{Manager, Probe};
 use crate::pki::PkiPaths;
 
 /// Step 8: the registry (the service user's manager), the proxy and the renew timer (the
 /// system manager) enabled for later boots and started now. The timer's first runs are
-/// skipped until first boot's marker exists (the renew unit's condition).
+/// skipped until first boot's marker exists (the renew unit's condition). The cluster sync
+/// timer only with shared (s3) storage: a lone node has no one to sync with.
 pub fn services(ctx: &mut Ctx<'_>) -> Result<()> {
     super::listeners::ipv6_listeners(ctx)?;
     let Some(user) = ctx.service_user("the registry and the proxy are started")? else {
@@ -22,11 +26,15 @@ pub fn services(ctx: &mut Ctx<'_>) -> Result<()> {
     let user_manager_up = ctx
         .path(format!("/run/user/{}/systemd/private", user.uid))
         .exists();
-    for (manager, unit) in [
+    let mut units = vec![
         (Manager::User(user.uid), REGISTRY_UNIT),
         (Manager::System, PROXY_UNIT),
         (Manager::System, RENEW_TIMER_UNIT),
-    ] {
+    ];
+    if crate::lifecycle::cluster::enabled(ctx.config) {
+        units.push((Manager::System, CLUSTER_SYNC_TIMER_UNIT));
+    }
+    for (manager, unit) in units {
         if ctx.opts.dry_run && manager != Manager::System && !user_manager_up {
             ctx.change(format!("enable and start {unit} in {manager}"), |_| Ok(()))?;
             continue;

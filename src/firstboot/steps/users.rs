@@ -5,15 +5,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::SysClock;
 use super::{
     ensure_dir_owned, ensure_mode_owner, mode_of, read_optional, Ctx, MIGRATE_PENDING_PATH,
     NOLOGIN, PODMAN_DIR_MODE, REGISTRY_ENV_MODE, STATE_DIR_MODE, STORAGE_DIR_MODE, USER_HOME,
 };
 use crate::cloudinit;
+use crate::cluster;
 use crate::firstboot::subids;
 use crate::firstboot::system::{NewUser, UserInfo};
 use crate::fsutil;
 use crate::pki::PkiPaths;
+use crate::registry_env;
 use crate::render;
 
 /// Step 4: the service user, the proxy user, subordinate ids, Podman's state directories,
@@ -76,6 +79,10 @@ fn ensure_service_dirs(ctx: &mut Ctx<'_>, service: &UserInfo) -> Result<()> {
     for sub in ["root", "tmp", "xdg-data", "xdg-config"] {
         let dir = format!("{}/{sub}", render::PODMAN_STATE_DIR);
         ensure_dir_owned(ctx, &dir, PODMAN_DIR_MODE, service.uid, service.gid)?;
+    }
+    if ctx.config.is_s3() {
+        // Images live in the bucket; the container mounts no storage directory.
+        return Ok(());
     }
     let storage = ctx
         .config
@@ -182,47 +189,72 @@ fn ensure_subids(ctx: &mut Ctx<'_>, file: &str, user: &UserInfo) -> Result<()> {
     )
 }
 
-/// registry.env holds REGISTRY_HTTP_SECRET; made once, kept after (a new secret would
-/// break uploads in flight across a restart).
+/// registry.env holds REGISTRY_HTTP_SECRET, made once and kept after (a new secret would
+/// break uploads in flight across a restart), or the cluster's from the join file; and,
+/// with S3 storage and a credentials file, the S3 keys (waiting for that file, bounded).
 fn ensure_registry_env(ctx: &mut Ctx<'_>, service: &UserInfo) -> Result<()> {
     let target = render::REGISTRY_ENV_PATH;
     let path = ctx.path(target);
-    let has_secret = read_optional(&path)?.is_some_and(|text| {
-        text.lines().any(|l| {
-            l.strip_prefix("REGISTRY_HTTP_SECRET=")
-                .is_some_and(|v| !v.trim().is_empty())
-        })
-    });
-    if !has_secret {
+    let existing = read_optional(&path)?;
+    if ctx.opts.dry_run {
+        if ctx
+            .config
+            .s3()
+            .is_some_and(|s3| s3.credentials_file.is_some())
+        {
+            ctx.note(
+                "a run waits for the S3 credentials file, then writes its keys to registry.env"
+                    .into(),
+            );
+        }
+        if existing
+            .as_deref()
+            .and_then(|t| registry_env::value(t, registry_env::HTTP_SECRET))
+            .is_none()
+        {
+            ctx.change(format!("make {target} with a REGISTRY_HTTP_SECRET"), |_| {
+                Ok(())
+            })?;
+        }
+        return Ok(());
+    }
+    let clock = SysClock(ctx.sys);
+    let now = time::OffsetDateTime::now_utc();
+    let joined = cluster::join::wait_and_read(&clock, ctx.root, ctx.config, now)?;
+    let keys = cluster::credentials::wait_and_read(&clock, ctx.root, ctx.config)?;
+    let kept = existing
+        .as_deref()
+        .and_then(|t| registry_env::value(t, registry_env::HTTP_SECRET))
+        .map(str::to_string);
+    let (secret, whence) = match (joined, kept) {
+        (Some(join), _) => (join.http_secret, "the cluster's HTTP secret"),
+        (None, Some(kept)) => (kept, "its HTTP secret"),
+        (None, None) => (registry_env::new_http_secret()?, "a new HTTP secret"),
+    };
+    let wanted = registry_env::contents(&secret, keys.as_ref());
+    if existing.as_deref() != Some(wanted.as_str()) {
+        let with_keys = if keys.is_some() {
+            " and the S3 keys"
+        } else {
+            ""
+        };
         let p = path.clone();
         let gid = service.gid;
         ctx.change(
-            format!("make {target} with a new REGISTRY_HTTP_SECRET (0640 root:{})", service.name),
+            format!(
+                "write {target} with {whence}{with_keys} (0640 root:{})",
+                service.name
+            ),
             move |sys| {
-                let secret = random_hex(32)?;
                 if let Some(dir) = p.parent() {
                     if !dir.is_dir() {
                         fsutil::ensure_dir(dir, 0o755)?;
                     }
                 }
-                fsutil::write_atomic(
-                    &p,
-                    format!("# Made by regimage at first boot; keep it.\nREGISTRY_HTTP_SECRET={secret}\n").as_bytes(),
-                    REGISTRY_ENV_MODE,
-                )?;
+                fsutil::write_atomic(&p, wanted.as_bytes(), REGISTRY_ENV_MODE)?;
                 sys.chown(&p, 0, gid)
             },
         )?;
-        if ctx.opts.dry_run {
-            return Ok(());
-        }
     }
     ensure_mode_owner(ctx, target, REGISTRY_ENV_MODE, Some(0), service.gid)
-}
-
-/// `bytes` random bytes as lowercase hex.
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("getting random bytes: {e}"))?;
-    Ok(hex::encode(buf))
 }
