@@ -2,7 +2,7 @@
 # (scripts/install-test-deps.sh; needs root when something is missing).
 CARGO ?= cargo
 
-.PHONY: all build release user-data test deps lint unit e2e bench fmt clean
+.PHONY: all build release user-data test deps garage lint unit e2e bench fmt clean
 
 all: build
 
@@ -23,6 +23,13 @@ fmt:
 deps:
 	./scripts/install-test-deps.sh
 
+# Garage 2.5.0, the S3 store the S3-storage tests run as a 3-node cluster on loopback
+# (tests/common/garage.rs): built once per machine into $(REGIMAGE_TEST_CACHE) (default
+# /var/cache/regimage-test) by scripts/build-garage.sh (cargo install; slow the first time
+# only), an instant no-op after.
+garage: deps
+	./scripts/build-garage.sh
+
 # shellcheck (Debian package `shellcheck`): the guest shell that cloud-init runs, and image/'s
 # recipes (-x follows their `. lib.sh`).
 lint: deps
@@ -32,9 +39,10 @@ lint: deps
 
 # Unit tests, the CLI and user-data tests, and the root-only tests with real nginx,
 # the Distribution registry, skopeo, cloud-init, and Podman, dockerd and containerd in network
-# namespaces (tests/clients.rs) (marked #[ignore] for plain `cargo test`).
+# namespaces (tests/clients.rs), the registry on a 3-node Garage cluster (tests/s3_registry.rs)
+# (marked #[ignore] for plain `cargo test`).
 # The VM tests (tests/e2e.rs) are `make e2e`.
-unit: deps
+unit: deps garage
 	$(CARGO) test --all-targets -- --include-ignored --skip e2e_
 
 # The booted-VM end-to-end test (root; QEMU under TCG; builds or reuses image/'s cached
@@ -43,7 +51,7 @@ unit: deps
 # slot the user-data test frees (REGIMAGE_E2E_VMS=1 runs one VM at a time). Stage timings:
 # target/e2e-timings.json.
 # The guest gets the release binary (8 MB; a debug one is 160 MB and slow under TCG).
-e2e: deps
+e2e: deps garage
 	$(CARGO) build --release
 	REGIMAGE_E2E_BINARY="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/regimage" \
 	  $(CARGO) test --test e2e -- --ignored --test-threads=2 --nocapture

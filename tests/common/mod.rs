@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use sha2::{Digest, Sha256};
 
 pub mod blob;
+pub mod blob_http;
 pub mod client;
 pub mod loopback;
 pub mod netns;

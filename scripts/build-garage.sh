@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds Garage (the S3-compatible object store the S3-storage tests run on loopback, issue 12)
+# once per machine into the test cache, as image/'s recipes cache their outputs:
+#   ${REGIMAGE_TEST_CACHE:-/var/cache/regimage-test}/garage-<version>/bin/garage
+# with `cargo install garage --locked --no-default-features --features lmdb` (lmdb: the one
+# metadata engine the tests use; no sqlite, no consul/k8s discovery, no telemetry). The build
+# goes to a temporary root beside it that is renamed into place at the end, so a killed build
+# leaves no half cache entry. Exits at once when the cached binary is there and runs.
+# Slow the first time (about 20 minutes on 2 cores, see README "Tests"); never again after.
+#
+# Usage: build-garage.sh [--force] [--print-path]
+#   --print-path   print where the binary is (built or not) and exit
+#   --force        build again (also REGIMAGE_TEST_REBUILD=1)
+set -euo pipefail
+LOG_TAG=garage
+# shellcheck source=image/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../image/lib.sh"
+
+GARAGE_VERSION=2.5.0
+DIR="$CACHE_ROOT/garage-$GARAGE_VERSION"
+BIN="$DIR/bin/garage"
+
+force="${REGIMAGE_TEST_REBUILD:-}"
+for a in "$@"; do
+  case "$a" in
+    --print-path) echo "$BIN"; exit 0 ;;
+    --force) force=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) die "unknown argument: $a" ;;
+  esac
+done
+
+# works: the cached binary runs and is the version wanted.
+works() { [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -qF "$GARAGE_VERSION"; }
+
+if [ -z "$force" ] && works; then
+  exit 0
+fi
+need cargo
+
+mkdir -p "$CACHE_ROOT"
+WORK="$(mktemp -d "$CACHE_ROOT/.garage-$GARAGE_VERSION.XXXXXX")"
+cleanup() { rm -rf "$WORK"; }
+trap cleanup EXIT
+
+log "building Garage $GARAGE_VERSION into $DIR (cargo install; about 20 minutes on 2 cores)"
+start="$(now)"
+# The crate's own Cargo.lock (--locked); its target dir stays in the temporary root.
+CARGO_TARGET_DIR="$WORK/target" cargo install garage --version "$GARAGE_VERSION" --locked \
+  --no-default-features --features lmdb --root "$WORK/root"
+rm -rf "$WORK/target"
+"$WORK/root/bin/garage" --version >/dev/null || die "the built garage does not run"
+
+rm -rf "$DIR"
+mv "$WORK/root" "$DIR"
+works || die "$BIN does not report $GARAGE_VERSION"
+log "built $("$BIN" --version) in $(elapsed "$start") s: $BIN"
