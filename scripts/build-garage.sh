@@ -2,10 +2,13 @@
 # Builds Garage (the S3-compatible object store the S3-storage tests run on loopback, issue 12)
 # once per machine into the test cache, as image/'s recipes cache their outputs:
 #   ${REGIMAGE_TEST_CACHE:-/var/cache/regimage-test}/garage-<version>/bin/garage
-# with `cargo install garage --locked --no-default-features --features lmdb` (lmdb: the one
-# metadata engine the tests use; no sqlite, no consul/k8s discovery, no telemetry). The build
-# goes to a temporary root beside it that is renamed into place at the end, so a killed build
+# with `cargo install garage --locked --no-default-features --features bundled-libs,lmdb`
+# (lmdb: the one metadata engine the tests use; no sqlite, k2v, metrics or telemetry;
+# bundled-libs: garage's main.rs refuses to build without it or system-libs). The build goes
+# to a temporary root beside it that is renamed into place at the end, so a killed build
 # leaves no half cache entry. Exits at once when the cached binary is there and runs.
+# GARAGE_TARGET_DIR: a cargo target dir to build in and keep (say a failed build's, to resume
+# it); by default a temporary one, removed after.
 # Slow the first time (about 20 minutes on 2 cores, see README "Tests"); never again after.
 #
 # Usage: build-garage.sh [--force] [--print-path]
@@ -45,9 +48,10 @@ trap cleanup EXIT
 
 log "building Garage $GARAGE_VERSION into $DIR (cargo install; about 20 minutes on 2 cores)"
 start="$(now)"
-# The crate's own Cargo.lock (--locked); its target dir stays in the temporary root.
-CARGO_TARGET_DIR="$WORK/target" cargo install garage --version "$GARAGE_VERSION" --locked \
-  --no-default-features --features lmdb --root "$WORK/root"
+# The crate's own Cargo.lock (--locked).
+CARGO_TARGET_DIR="${GARAGE_TARGET_DIR:-$WORK/target}" cargo install garage \
+  --version "$GARAGE_VERSION" --locked --no-default-features --features bundled-libs,lmdb \
+  --root "$WORK/root"
 rm -rf "$WORK/target"
 "$WORK/root/bin/garage" --version >/dev/null || die "the built garage does not run"
 

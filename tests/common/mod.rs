@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 pub mod blob;
 pub mod blob_http;
 pub mod client;
+pub mod garage;
 pub mod loopback;
 pub mod netns;
 pub mod readme;
