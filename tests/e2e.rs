@@ -7,6 +7,12 @@
 //!   the host (Debian's Distribution registry holding image/'s fixture, `registry.mirror`),
 //!   the regimage binary from a one-file HTTP server on the host (`--binary-url`: an
 //!   embedded debug binary would be tens of MB of YAML for cloud-init to parse under TCG).
+//!   Its registry keeps the images in a bucket of a 3-node Garage cluster on the host's
+//!   loopback (issue 12; `registry.storage.driver: s3`, endpoint 10.0.2.2, QEMU's host
+//!   address). No secret is in the user-data: once SSH is up and first boot says it waits
+//!   for the credentials file, the test copies it in as an operator would (scp, then
+//!   `install -m 0600`); after the push, the image's blobs are in the bucket and the guest's
+//!   filesystem storage is empty.
 //! - `e2e_qcow2`: the same base baked with `regimage build qcow2` and the fixture
 //!   archive, booted with a seed holding only an SSH key and an instance id. After the
 //!   checks below and the reboot, day 2 on the same machine (issue 11, `check_day2`):
@@ -47,6 +53,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::client::{self, Client};
+use common::garage::{GarageCluster, GarageOptions};
 use common::vm::{self, progress, secs, Inputs, SshKey, Timings, Vm, VmSpec};
 use common::{output, readme, regimage, run_ok, s, test_dir};
 
@@ -84,6 +91,13 @@ echo '## proxy'; systemctl status --no-pager registry-proxy.service | head -n 20
 echo '## cloud-init-output'; tail -n 40 /var/log/cloud-init-output.log
 echo '## failed units'; systemctl --failed --no-pager
 ";
+/// The host as a guest on QEMU's user network sees it (its 127.0.0.1).
+const HOST_FROM_GUEST: &str = "10.0.2.2";
+/// Where the user-data guest's S3 credentials go (`credentials-file`), copied in by the
+/// operator out of band while first boot waits for them.
+const S3_CREDENTIALS: &str = "/etc/regimage/s3-credentials";
+/// The guest's filesystem storage (`registry.storage-dir`'s default): unused on S3.
+const STORAGE_DIR: &str = "/var/lib/registry";
 const BOOT_TO_SSH: Duration = Duration::from_secs(900);
 /// From SSH to the ready line: packages from deb.debian.org under TCG, then first boot.
 const SSH_TO_READY: Duration = Duration::from_secs(1800);
@@ -151,8 +165,14 @@ fn hosts_file(work: &Path, name: &str, ports: Ports) -> PathBuf {
 }
 
 /// The site config both paths use: the name the host's clients use, the chosen ports, the
-/// fixture pinned as the registry image, and (user-data path) the host's mirror.
-fn site_config(ports: &Ports, inputs: &Inputs, mirror_port: Option<u16>) -> String {
+/// fixture pinned as the registry image, and (user-data path) the host's mirror and the
+/// host's bucket as the registry's storage.
+fn site_config(
+    ports: &Ports,
+    inputs: &Inputs,
+    mirror_port: Option<u16>,
+    bucket: Option<&HostBucket>,
+) -> String {
     let mut text = format!(
         "ports:\n  pull: {}\n  push: {}\n\
          clients: [{CLIENT}]\nregistry:\n  image: docker.io/library/registry@{}\n",
@@ -160,7 +180,17 @@ fn site_config(ports: &Ports, inputs: &Inputs, mirror_port: Option<u16>) -> Stri
     );
     if let Some(port) = mirror_port {
         text.push_str(&format!(
-            "  mirror: 10.0.2.2:{port}\n  mirror-insecure: true\n"
+            "  mirror: {HOST_FROM_GUEST}:{port}\n  mirror-insecure: true\n"
+        ));
+    }
+    if let Some(b) = bucket {
+        // Where the key is, never the key: the operator copies the file in (README).
+        text.push_str(&format!(
+            "  storage:\n    driver: s3\n    s3:\n      endpoint: {}\n      region: {}\n      \
+             bucket: {}\n      path-style: true\n      credentials-file: {S3_CREDENTIALS}\n",
+            b.guest_endpoint(),
+            b.garage.region,
+            b.garage.bucket
         ));
     }
     text
@@ -252,6 +282,207 @@ fn check_refusals(client: &Client, ports: Ports, repo: &str) {
     progress(&format!(
         "registry port from outside: no HTTP answer ({})",
         String::from_utf8_lossy(&out.stderr).trim()
+    ));
+}
+
+// ---- the host's bucket (issue 12) -----------------------------------------------------------
+
+/// The bucket on the host's Garage cluster (3 nodes on 127.0.0.1) the user-data guest keeps
+/// its images in, and the credentials file for the operator's step: the key reaches the
+/// guest that way only. The cluster stops when this is dropped.
+struct HostBucket {
+    garage: GarageCluster,
+    credentials: PathBuf,
+}
+
+impl HostBucket {
+    fn start(work: &Path) -> HostBucket {
+        let garage = GarageCluster::start(&GarageOptions::default());
+        let credentials = work.join("s3-credentials");
+        garage.write_credentials_file(&credentials);
+        HostBucket {
+            garage,
+            credentials,
+        }
+    }
+
+    /// The endpoint as the guest reaches it: the first node's S3 API through QEMU's host
+    /// address.
+    fn guest_endpoint(&self) -> String {
+        format!("http://{HOST_FROM_GUEST}:{}", self.garage.s3_port(0))
+    }
+
+    /// The bucket's objects (key, size): one ListObjectsV2 page of up to 1000 keys (the test
+    /// writes far fewer), signed with the key, from the first node.
+    fn objects(&self) -> BTreeMap<String, u64> {
+        let (code, xml) = self
+            .garage
+            .s3_get(0, &format!("/{}?list-type=2", self.garage.bucket));
+        assert!(
+            code == 200 && !xml.contains("<IsTruncated>true"),
+            "listing the bucket {}: HTTP {code}: {xml}",
+            self.garage.bucket
+        );
+        let field = |item: &str, tag: &str| -> String {
+            item.split_once(&format!("<{tag}>"))
+                .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
+                .map(|(value, _)| value.to_string())
+                .unwrap_or_else(|| panic!("no <{tag}> in a listed object: {item}"))
+        };
+        xml.split("<Contents>")
+            .skip(1)
+            .map(|item| {
+                let size = field(item, "Size");
+                let size = size
+                    .parse()
+                    .unwrap_or_else(|e| panic!("object size {size:?}: {e}"));
+                (field(item, "Key"), size)
+            })
+            .collect()
+    }
+}
+
+/// Whether a console line or journal entry is first boot saying that it waits for the
+/// credentials file (and naming it).
+fn says_credentials_wait(line: &str) -> bool {
+    line.to_lowercase().contains("waiting") && line.contains(S3_CREDENTIALS)
+}
+
+/// Waits for first boot's word that it waits for the credentials file, on the console or in
+/// its journal (its log goes to the journal only; the journal is read every 15 s, as each
+/// ssh costs the TCG guest CPU time). Returns the line, after where it was seen.
+fn wait_credentials_prompt(vm: &mut Vm) -> String {
+    let mut journal_read: Option<Instant> = None;
+    vm.wait_until(
+        0,
+        &format!("word from first boot that it waits for {S3_CREDENTIALS}"),
+        |vm, console| {
+            if let Some(line) = console.lines().find(|l| says_credentials_wait(l)) {
+                return Some(format!("console: {}", line.trim()));
+            }
+            if journal_read.is_some_and(|t| t.elapsed() < Duration::from_secs(15)) {
+                return None;
+            }
+            journal_read = Some(Instant::now());
+            let out = vm.root_sh_timeout(
+                "journalctl -b --no-pager -o cat -u regimage-firstboot.service",
+                Duration::from_secs(60),
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find(|l| says_credentials_wait(l))
+                .map(|l| format!("journal: {}", l.trim()))
+        },
+        FAILED,
+        SSH_TO_READY,
+        DIAGNOSE,
+    )
+}
+
+/// The operator's step while first boot waits: the credentials file copied onto the machine
+/// as the default user with scp, then installed root-only with sudo (README). First boot
+/// must still be waiting for it, and the file must not have been there before.
+fn install_credentials(vm: &Vm, bucket: &HostBucket) {
+    let state = vm.root_ok(&format!(
+        "systemctl is-active regimage-firstboot.service || true; \
+         test -e {S3_CREDENTIALS} && echo present || echo absent"
+    ));
+    assert_eq!(
+        state.split_whitespace().collect::<Vec<_>>(),
+        ["activating", "absent"],
+        "first boot is not waiting for the credentials file: {state}"
+    );
+    vm.scp_to(&bucket.credentials, "s3-credentials");
+    vm.root_ok(&format!(
+        "install -D -m 0600 -o root -g root ~debian/s3-credentials {S3_CREDENTIALS} && \
+         rm ~debian/s3-credentials"
+    ));
+}
+
+/// How long first boot waited for the credentials, as it says in its journal once the file
+/// is there (`... arrived after N s`; it looks every 2 s).
+fn credentials_wait_seconds(vm: &Vm) -> f64 {
+    let journal = vm.root_ok("journalctl -b --no-pager -o cat -u regimage-firstboot.service");
+    journal
+        .lines()
+        .find_map(|l| {
+            l.split_once(&format!("{S3_CREDENTIALS} arrived after "))?
+                .1
+                .trim_end_matches(" s")
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| {
+            panic!("first boot's journal does not say when {S3_CREDENTIALS} arrived:\n{journal}")
+        })
+}
+
+/// After the push and pull checks: the pushed image is in the bucket (its manifest blob and
+/// its tag link, neither there before), the bucket grew, and the guest's filesystem storage
+/// holds nothing. In the guest, the key is in registry.env and the credentials file only.
+fn check_images_in_bucket(
+    vm: &Vm,
+    bucket: &HostBucket,
+    before: &BTreeMap<String, u64>,
+    pushed: &str,
+) {
+    let after = bucket.objects();
+    let hex = pushed.strip_prefix("sha256:").expect("a sha256 digest");
+    let blob = format!("/blobs/sha256/{}/{hex}/data", &hex[..2]);
+    let tag = "/repositories/e2e/hello/_manifests/tags/v1/current/link";
+    for want in [blob.as_str(), tag] {
+        assert!(
+            after.keys().any(|k| k.ends_with(want)),
+            "the bucket lacks ...{want} after the push: {:?}",
+            after.keys().collect::<Vec<_>>()
+        );
+        assert!(
+            !before.keys().any(|k| k.ends_with(want)),
+            "...{want} was in the bucket before the push"
+        );
+    }
+    let bytes = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+    assert!(
+        after.len() > before.len() && bytes(&after) > bytes(before),
+        "the bucket did not grow with the push: {} objects, {} bytes before; {} objects, {} bytes after",
+        before.len(),
+        bytes(before),
+        after.len(),
+        bytes(&after)
+    );
+    let stored = vm.root_ok(&format!(
+        "test ! -e {STORAGE_DIR} || find {STORAGE_DIR} -mindepth 1 -print | head -n 20"
+    ));
+    assert!(
+        stored.trim().is_empty(),
+        "the guest's filesystem storage {STORAGE_DIR} holds files on S3:\n{stored}"
+    );
+    // The secret is on the machine where first boot put it and where the operator did,
+    // nowhere else that cloud-init or regimage writes.
+    let holders = vm.root_ok(&format!(
+        "grep -rlF -e '{}' /etc /usr/local /home /var/lib/regimage /var/lib/cloud \
+         /var/log/cloud-init.log /var/log/cloud-init-output.log 2>/dev/null | sort; \
+         grep -c '^REGISTRY_STORAGE_S3_ACCESSKEY={}$' /etc/registry/registry.env || true",
+        bucket.garage.secret_access_key, bucket.garage.access_key_id
+    ));
+    assert_eq!(
+        holders.split_whitespace().collect::<Vec<_>>(),
+        [
+            "/etc/regimage/s3-credentials",
+            "/etc/registry/registry.env",
+            "1"
+        ],
+        "files holding the S3 secret key, then registry.env's access key lines"
+    );
+    progress(&format!(
+        "bucket {}: {} objects, {} bytes before the push; {} objects, {} bytes after, with \
+         the pushed manifest and tag; {STORAGE_DIR} in the guest empty; the secret only in \
+         registry.env and {S3_CREDENTIALS}",
+        bucket.garage.bucket,
+        before.len(),
+        bytes(before),
+        after.len(),
+        bytes(&after)
     ));
 }
 
@@ -1279,9 +1510,18 @@ fn e2e_user_data() {
         serde_json::json!(std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0)),
     );
 
+    // The registry's storage: a bucket of a 3-node Garage cluster on the host's loopback.
+    let t = Instant::now();
+    let bucket = HostBucket::start(&work);
+    timings.record("garage_start_seconds", secs(t));
+
     // The user-data: regimage's document plus the default user's SSH key.
     let cfg = work.join("regimage.yaml");
-    std::fs::write(&cfg, site_config(&ports, &inputs, Some(mirror_port))).expect("writing config");
+    std::fs::write(
+        &cfg,
+        site_config(&ports, &inputs, Some(mirror_port), Some(&bucket)),
+    )
+    .expect("writing config");
     let ud = work.join("user-data.regimage");
     let t = Instant::now();
     run_ok(
@@ -1293,7 +1533,7 @@ fn e2e_user_data() {
                 "-o",
                 &s(&ud),
                 "--binary-url",
-                &format!("http://10.0.2.2:{}/regimage", server.port),
+                &format!("http://{HOST_FROM_GUEST}:{}/regimage", server.port),
                 "--binary-sha256",
                 &binary_sha,
             ]),
@@ -1305,6 +1545,18 @@ fn e2e_user_data() {
         &key,
     );
     timings.put("user_data_bytes", serde_json::json!(user_data.len()));
+    let written = user_data_texts(&user_data);
+    for (what, secret) in [
+        ("secret key", &bucket.garage.secret_access_key),
+        ("key id", &bucket.garage.access_key_id),
+    ] {
+        for (path, text) in &written {
+            assert!(
+                !text.contains(secret.as_str()),
+                "the user-data holds the S3 {what}: in {path}"
+            );
+        }
+    }
     let meta = format!("instance-id: regimage-e2e-user-data\nlocal-hostname: {USER_DATA_NAME}\n");
     let seed = vm::seed_iso(&work, &user_data, &meta);
     let disk = work.join("disk.qcow2");
@@ -1329,8 +1581,20 @@ fn e2e_user_data() {
     );
     let to_ssh = vm.wait_ssh(BOOT_TO_SSH);
     timings.record("boot_to_ssh_seconds", to_ssh);
+    // First boot waits for the S3 credentials and says so; the operator copies them in.
+    let waiting = wait_credentials_prompt(&mut vm);
+    timings.record("boot_to_credentials_wait_seconds", secs(vm.started));
+    progress(&format!("first boot waits for the credentials; {waiting}"));
+    install_credentials(&vm, &bucket);
+    let installed = Instant::now();
+    timings.record("boot_to_credentials_installed_seconds", secs(vm.started));
     let line = vm.wait_serial(0, READY, FAILED, SSH_TO_READY, DIAGNOSE);
     timings.record("boot_to_ready_seconds", secs(vm.started));
+    timings.record("credentials_installed_to_ready_seconds", secs(installed));
+    timings.record(
+        "firstboot_credentials_wait_seconds",
+        credentials_wait_seconds(&vm),
+    );
     progress(&format!("console: {}", line.trim()));
     assert!(
         server
@@ -1347,7 +1611,9 @@ fn e2e_user_data() {
 
     let t = Instant::now();
     check_console_names(&line, USER_DATA_NAME, ports);
+    let before_push = bucket.objects();
     let snap = check_ready(&vm, ports, &inputs, &work.join("client"), USER_DATA_NAME);
+    check_images_in_bucket(&vm, &bucket, &before_push, &snap.pushed);
     timings.record("checks_seconds", secs(t));
 
     let back = vm.reboot(REBOOT);
@@ -1401,6 +1667,80 @@ fn with_ssh_key(user_data: &str, key: &SshKey) -> String {
     );
     assert!(doc["runcmd"].is_sequence() && doc["write_files"].is_sequence());
     text
+}
+
+/// The user-data document and every file it writes, decoded (`gz+b64`, `b64`, plain), as
+/// (path, text) pairs: a key would hide inside a compressed file.
+fn user_data_texts(user_data: &str) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(user_data).expect("parsing the user-data");
+    let mut texts = vec![("the document".to_string(), user_data.to_string())];
+    for item in doc["write_files"].as_sequence().into_iter().flatten() {
+        let path = item["path"].as_str().unwrap_or("?").to_string();
+        let content = item["content"].as_str().unwrap_or("");
+        let bytes = match item["encoding"].as_str() {
+            Some("gz+b64") | Some("gzip+base64") => {
+                let gz = base64::engine::general_purpose::STANDARD
+                    .decode(content)
+                    .unwrap_or_else(|e| panic!("{path}: base64: {e}"));
+                let mut raw = Vec::new();
+                flate2::read::GzDecoder::new(&gz[..])
+                    .read_to_end(&mut raw)
+                    .unwrap_or_else(|e| panic!("{path}: gzip: {e}"));
+                raw
+            }
+            Some("b64") | Some("base64") => base64::engine::general_purpose::STANDARD
+                .decode(content)
+                .unwrap_or_else(|e| panic!("{path}: base64: {e}")),
+            None | Some("text/plain") => content.as_bytes().to_vec(),
+            Some(other) => panic!("{path}: encoding {other} not known to the test"),
+        };
+        texts.push((path, String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    assert!(texts.len() > 1, "the user-data writes no files");
+    texts
+}
+
+#[test]
+fn user_data_texts_decode_the_files_the_secret_check_reads() {
+    let dir = test_dir("regimage-e2e-ud-texts-");
+    let cfg = dir.path().join("regimage.yaml");
+    std::fs::write(
+        &cfg,
+        "registry:\n  storage:\n    driver: s3\n    s3:\n      endpoint: http://10.0.2.2:3900\n      \
+         region: garage\n      bucket: registry-e2e-texts\n",
+    )
+    .unwrap();
+    let ud = dir.path().join("user-data");
+    run_ok(
+        regimage()
+            .args(["build", "user-data", "--distro", "debian-13"])
+            .args([
+                "-c",
+                &s(&cfg),
+                "-o",
+                &s(&ud),
+                "--binary-url",
+                "http://10.0.2.2:1/regimage",
+                "--binary-sha256",
+                &"0".repeat(64),
+            ]),
+    );
+    let doc = std::fs::read_to_string(&ud).unwrap();
+    // The bucket's name is in the installed config, compressed: only decoding finds it.
+    assert!(!doc.contains("registry-e2e-texts"));
+    let texts = user_data_texts(&doc);
+    let holders: Vec<&str> = texts
+        .iter()
+        .filter(|(_, text)| text.contains("registry-e2e-texts"))
+        .map(|(path, _)| path.as_str())
+        .collect();
+    assert!(
+        holders.contains(&regimage::render::INSTALLED_CONFIG_PATH),
+        "{holders:?}"
+    );
 }
 
 /// A seed for a baked image: only the default user's SSH key and an instance id.
@@ -1541,7 +1881,7 @@ fn e2e_qcow2() {
     timings.record("vm_lock_wait_seconds", lock.waited_seconds);
     let ports = choose_ports();
     let cfg = work.join("regimage.yaml");
-    std::fs::write(&cfg, site_config(&ports, &inputs, None)).expect("writing config");
+    std::fs::write(&cfg, site_config(&ports, &inputs, None, None)).expect("writing config");
     let key = vm::ssh_key(&work);
     let forwards = vec![
         (ports.pull, ports.pull),

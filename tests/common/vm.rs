@@ -640,33 +640,48 @@ impl Vm {
         }
     }
 
+    /// The options ssh and scp share: the test's key only, no host key checks, keepalives.
+    fn ssh_options(&self, cmd: &mut Command) {
+        cmd.arg("-i").arg(&self.key).args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "ServerAliveInterval=10",
+            "-o",
+            // A guest under TCG on a loaded host can stall for tens of seconds (seen:
+            // a session cut after 30 s, with nothing on stderr at LogLevel=ERROR).
+            "ServerAliveCountMax=12",
+        ]);
+    }
+
     fn ssh_cmd(&self) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.arg("-i")
-            .arg(&self.key)
-            .args(["-p", &self.ssh_port.to_string()])
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "ServerAliveInterval=10",
-                "-o",
-                // A guest under TCG on a loaded host can stall for tens of seconds (seen:
-                // a session cut after 30 s, with nothing on stderr at LogLevel=ERROR).
-                "ServerAliveCountMax=12",
-            ])
+        self.ssh_options(&mut cmd);
+        cmd.args(["-p", &self.ssh_port.to_string()])
             .arg(format!("debian@{}", self.address));
         cmd
+    }
+
+    /// Copies `local` to `remote` (relative: the default user's home) with scp as the
+    /// default user, as an operator copies a file onto the machine; bounded by 5 minutes.
+    pub fn scp_to(&self, local: &Path, remote: &str) {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["300", "scp", "-q"]);
+        self.ssh_options(&mut cmd);
+        cmd.args(["-P", &self.ssh_port.to_string()])
+            .arg(local)
+            .arg(format!("debian@{}:{remote}", self.address));
+        super::run_ok(&mut cmd);
     }
 
     /// Runs `script` with `sh -s` as root (sudo) in the guest, feeding it on stdin (no
@@ -805,13 +820,36 @@ impl Vm {
         timeout: Duration,
         diagnose: &str,
     ) -> String {
+        self.wait_until(
+            from,
+            &format!("console line with {want:?}"),
+            |_, new| new.lines().find(|l| l.contains(want)).map(str::to_string),
+            fail,
+            timeout,
+            diagnose,
+        )
+    }
+
+    /// [`Vm::wait_serial`] with the test of its own: `probe` gets the guest and the serial
+    /// text past `from` every 2 s and returns what it found (it may also look in the guest,
+    /// e.g. its journal, for what never reaches the console); `what` names it in messages
+    /// ("no {what} within ...").
+    pub fn wait_until(
+        &mut self,
+        from: usize,
+        what: &str,
+        mut probe: impl FnMut(&Vm, &str) -> Option<String>,
+        fail: &[&str],
+        timeout: Duration,
+        diagnose: &str,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         let mut last_report = Instant::now();
         loop {
             let text = self.serial_text();
             let new = text.get(from..).unwrap_or("");
-            if let Some(line) = new.lines().find(|l| l.contains(want)) {
-                return line.to_string();
+            if let Some(found) = probe(self, new) {
+                return found;
             }
             if let Some(line) = new.lines().find(|l| fail.iter().any(|f| l.contains(f))) {
                 let diag = self.root_sh_timeout(diagnose, Duration::from_secs(120));
@@ -826,7 +864,7 @@ impl Vm {
             if Instant::now() >= deadline {
                 let diag = self.root_sh_timeout(diagnose, Duration::from_secs(120));
                 panic!(
-                    "{}: no console line with {want:?} within {} s\nserial tail:\n{}\n--- diagnosis in the guest ---\n{}{}",
+                    "{}: no {what} within {} s\nserial tail:\n{}\n--- diagnosis in the guest ---\n{}{}",
                     self.name,
                     timeout.as_secs(),
                     self.serial_tail(40),
@@ -834,7 +872,7 @@ impl Vm {
                     String::from_utf8_lossy(&diag.stderr)
                 );
             }
-            self.assert_running(want);
+            self.assert_running(what);
             if last_report.elapsed() > Duration::from_secs(30) {
                 let last = new
                     .lines()
