@@ -393,11 +393,21 @@ fn install_credentials(vm: &Vm, bucket: &HostBucket) {
         "first boot is not waiting for the credentials file: {state}"
     );
     vm.scp_to(&bucket.credentials, "s3-credentials");
+    // The README's command, as written ("Several nodes on S3").
+    let readme =
+        std::fs::read_to_string(vm::repo_root().join("README.md")).expect("reading README");
+    assert!(
+        readme.contains(INSTALL_CREDENTIALS),
+        "README.md no longer says `{INSTALL_CREDENTIALS}`"
+    );
     vm.root_ok(&format!(
-        "install -D -m 0600 -o root -g root ~debian/s3-credentials {S3_CREDENTIALS} && \
-         rm ~debian/s3-credentials"
+        "cd ~debian && {INSTALL_CREDENTIALS} && rm ~debian/s3-credentials"
     ));
 }
+
+/// The operator's step the README gives, run in the login user's home after the scp.
+const INSTALL_CREDENTIALS: &str =
+    "sudo install -m 0600 -o root -g root s3-credentials /etc/regimage/s3-credentials";
 
 /// How long first boot waited for the credentials, as it says in its journal once the file
 /// is there (`... arrived after N s`; it looks every 2 s).
