@@ -342,36 +342,26 @@ impl HostBucket {
     }
 }
 
-/// Whether a console line or journal entry is first boot saying that it waits for the
-/// credentials file (and naming it).
+/// Whether a console line is first boot saying that it waits for the credentials file (and
+/// naming it).
 fn says_credentials_wait(line: &str) -> bool {
     line.to_lowercase().contains("waiting") && line.contains(S3_CREDENTIALS)
 }
 
-/// Waits for first boot's word that it waits for the credentials file, on the console or in
-/// its journal (its log goes to the journal only; the journal is read every 15 s, as each
-/// ssh costs the TCG guest CPU time). Returns the line, after where it was seen.
+/// Waits for first boot's word on the console that it waits for the credentials file (it
+/// prints it on stderr, which its unit sends to the console). Only the host's copy of the
+/// serial console is read: an ssh every 15 s takes the TCG guest's one CPU from cloud-init's
+/// package installs (with such polls, boot to this point took ~1,090 s, against ~630 s to
+/// ready without). Returns the line.
 fn wait_credentials_prompt(vm: &mut Vm) -> String {
-    let mut journal_read: Option<Instant> = None;
     vm.wait_until(
         0,
         &format!("word from first boot that it waits for {S3_CREDENTIALS}"),
-        |vm, console| {
-            if let Some(line) = console.lines().find(|l| says_credentials_wait(l)) {
-                return Some(format!("console: {}", line.trim()));
-            }
-            if journal_read.is_some_and(|t| t.elapsed() < Duration::from_secs(15)) {
-                return None;
-            }
-            journal_read = Some(Instant::now());
-            let out = vm.root_sh_timeout(
-                "journalctl -b --no-pager -o cat -u regimage-firstboot.service",
-                Duration::from_secs(60),
-            );
-            String::from_utf8_lossy(&out.stdout)
+        |_, console| {
+            console
                 .lines()
                 .find(|l| says_credentials_wait(l))
-                .map(|l| format!("journal: {}", l.trim()))
+                .map(|line| format!("console: {}", line.trim()))
         },
         FAILED,
         SSH_TO_READY,
