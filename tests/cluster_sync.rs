@@ -9,12 +9,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
 use common::client::assert_registry_error;
 use common::loopback::{self, Loopback};
-use common::{output, regimage, run_ok, s, test_dir};
+use common::{output, print_run, regimage, run_ok, s, test_dir};
 
 /// A second node: its own tree with the same config (same registry port), and A's CAs, as
 /// a node that joined A's cluster has them.
@@ -213,16 +213,6 @@ fn sync_without_shared_storage_says_there_is_no_cluster() {
     let said = print_run("A: cluster sync", &out);
     assert!(said.contains("no cluster"), "{said}");
     assert!(!a.root.join("var/lib/regimage/cluster/node-id").exists());
-}
-
-fn print_run(what: &str, out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!(
-        "--- {what}: {}\n{stdout}--- stderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// The serials the client index under `root` holds for `name`.

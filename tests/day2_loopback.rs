@@ -11,14 +11,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::blob::Blob;
 use common::client::{assert_registry_error, Client};
 use common::loopback::{self, file_cert_sha256, served_cert_sha256, Loopback};
 use common::vm::progress;
-use common::{output, run_ok, s};
+use common::{output, print_run, run_ok, s};
 
 const MIB: u64 = 1024 * 1024;
 /// The size of each blob in flight during the reload (the figure).
@@ -534,17 +534,6 @@ fn start_with(extra_config: &str) -> Loopback {
         progress("firstboot --no-system wrote no firstboot.done: the test wrote it");
     }
     setup
-}
-
-/// Prints a command's output (cargo test shows it for a failing test) and returns stdout.
-fn print_run(what: &str, out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!(
-        "--- {what}: {}\n{stdout}--- stderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// The line of a command's output saying the proxy was reloaded (not "not reloaded").

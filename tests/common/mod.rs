@@ -212,3 +212,14 @@ pub fn s(path: &Path) -> String {
 pub fn p(base: &Path, rel: &str) -> PathBuf {
     base.join(rel)
 }
+
+/// Prints a command's output (cargo test shows it for a failing test) and returns stdout.
+pub fn print_run(what: &str, out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!(
+        "--- {what}: {}\n{stdout}--- stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
